@@ -1,0 +1,1 @@
+"""The lambda_cloud backend: see adapter.py (Provider) and options.py (its spec block)."""

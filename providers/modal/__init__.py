@@ -1,0 +1,1 @@
+"""The modal backend: see adapter.py (Provider) and options.py (its spec block)."""

@@ -1,0 +1,1 @@
+"""The runpod backend: see adapter.py (Provider) and options.py (its spec block)."""

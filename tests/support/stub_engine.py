@@ -1,0 +1,162 @@
+"""A fast stand-in for vLLM's OpenAI server, for tests that do not need real inference.
+
+    python -m tests.support.stub_engine MODEL [vllm serve flags...]
+
+It is strict where vLLM is: every flag must exist in the installed vLLM's parser (table from
+tests.support.engine.vllm_flag_table), choices are checked, the model directory must hold a
+config.json, `model` in a request must be the served name, and /v1 routes need the key when
+--api-key is given. Unknown flags exit with code 2, as argparse does in vLLM.
+
+Environment knobs for fault injection: STUB_ENGINE_STARTUP_S (delay before listening, default
+0.2), STUB_ENGINE_EXIT_CODE (exit with it instead of serving: a crash loop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.support.engine import vllm_flag_table
+
+
+def parse(argv: list[str]) -> dict:
+    table = vllm_flag_table()
+    opts: dict = {"model": None, "flags": {}}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-"):
+            if opts["model"] is not None:
+                raise SystemExit(f"stub-vllm: unexpected positional argument {arg!r}")
+            opts["model"] = arg
+            i += 1
+            continue
+        name, _, inline = arg.partition("=")
+        spec = table.get(name)
+        if spec is None:
+            print(f"vllm: error: unrecognized arguments: {arg}", file=sys.stderr)
+            raise SystemExit(2)
+        if spec["takes_value"]:
+            if inline:
+                value = inline
+            else:
+                if i + 1 >= len(argv):
+                    print(f"vllm: error: argument {name}: expected one argument", file=sys.stderr)
+                    raise SystemExit(2)
+                value, i = argv[i + 1], i + 1
+            if spec["choices"] and value not in spec["choices"]:
+                print(f"vllm: error: argument {name}: invalid choice: {value!r}", file=sys.stderr)
+                raise SystemExit(2)
+            opts["flags"][name] = value
+        else:
+            opts["flags"][name] = True
+        i += 1
+    opts["model"] = opts["model"] or opts["flags"].get("--model")
+    if not opts["model"]:
+        print("vllm: error: no model given", file=sys.stderr)
+        raise SystemExit(2)
+    return opts
+
+
+def serve(opts: dict) -> None:
+    flags = opts["flags"]
+    model_dir = Path(opts["model"])
+    if not (model_dir / "config.json").exists():
+        print(f"stub-vllm: model {opts['model']!r} not found (no config.json); the hub is unreachable", file=sys.stderr)
+        raise SystemExit(1)
+    served = flags.get("--served-model-name", opts["model"])
+    api_key = flags.get("--api-key") or os.environ.get("VLLM_API_KEY")
+    dev_mode = os.environ.get("VLLM_SERVER_DEV_MODE") == "1" and "--enable-sleep-mode" in flags
+    max_len = int(flags.get("--max-model-len", 512))
+    state = {"sleeping": False}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: object) -> None:
+            sys.stderr.write("stub-vllm: " + (fmt % args) + "\n")
+
+        def _send(self, status: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorized(self) -> bool:
+            if not api_key or not self.path.startswith("/v1"):
+                return True
+            if self.headers.get("Authorization") == f"Bearer {api_key}":
+                return True
+            self._send(401, {"error": "Unauthorized"})
+            return False
+
+        def _body(self) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length) or b"{}")
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/health":
+                return self._send(200, {})
+            if self.path == "/is_sleeping" and dev_mode:
+                return self._send(200, {"is_sleeping": state["sleeping"]})
+            if not self._authorized():
+                return
+            if self.path == "/v1/models":
+                return self._send(200, {"object": "list", "data": [
+                    {"id": served, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+                     "root": opts["model"], "max_model_len": max_len}]})
+            self._send(404, {"detail": "Not Found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if dev_mode and self.path.startswith("/sleep"):
+                state["sleeping"] = True
+                return self._send(200, {})
+            if dev_mode and self.path == "/wake_up":
+                state["sleeping"] = False
+                return self._send(200, {})
+            if not self._authorized():
+                return
+            if self.path not in ("/v1/completions", "/v1/chat/completions"):
+                return self._send(404, {"detail": "Not Found"})
+            body = self._body()
+            if body.get("model") != served:
+                return self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                                  "type": "NotFoundError", "param": "model", "code": 404}})
+            if state["sleeping"]:
+                return self._send(503, {"error": {"message": "engine is sleeping", "code": 503}})
+            n = max(1, min(int(body.get("max_tokens") or 16), 64))
+            text = " ".join(["stub"] * n)
+            usage = {"prompt_tokens": 4, "completion_tokens": n, "total_tokens": 4 + n}
+            now = int(time.time())
+            if self.path == "/v1/completions":
+                return self._send(200, {"id": "cmpl-stub", "object": "text_completion", "created": now, "model": served,
+                                        "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}],
+                                        "usage": usage})
+            self._send(200, {"id": "chatcmpl-stub", "object": "chat.completion", "created": now, "model": served,
+                             "choices": [{"index": 0, "finish_reason": "length",
+                                          "message": {"role": "assistant", "content": text}}],
+                             "usage": usage})
+
+    server = ThreadingHTTPServer((flags.get("--host", "127.0.0.1"), int(flags.get("--port", 8000))), Handler)
+    print(f"stub-vllm: serving {served!r} on {server.server_address}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+def main() -> None:
+    opts = parse(sys.argv[1:])
+    time.sleep(float(os.environ.get("STUB_ENGINE_STARTUP_S", "0.2")))
+    code = os.environ.get("STUB_ENGINE_EXIT_CODE")
+    if code:
+        print("stub-vllm: crashing on purpose (STUB_ENGINE_EXIT_CODE)", file=sys.stderr)
+        raise SystemExit(int(code))
+    serve(opts)
+
+
+if __name__ == "__main__":
+    main()
