@@ -43,7 +43,10 @@ class Strict(BaseModel):
 
 
 class Model(Strict):
-    id: str = Field(description="Hugging Face model id (org/name) or a local directory.")
+    id: str = Field(
+        description="Hugging Face model id (org/name), or a local directory starting with /, ./, ../ or ~ "
+        "(relative to the spec file)."
+    )
     revision: str | None = Field(None, description="Branch, tag or commit of the model repo.")
     served_name: str | None = Field(None, description="Name clients send as `model`; default: id.")
     max_model_len: int | None = Field(None, gt=0, description="Context length in tokens.")
@@ -225,7 +228,22 @@ def load_spec(path: str | Path, *, provider: str | None = None) -> Spec:
         if not isinstance(data, dict):
             data = {}
         data = {**data, "provider": provider}
-    return validate_spec(data, source=str(path), lines=lines)
+    return validate_spec(_resolve_model_path(data, path.parent), source=str(path), lines=lines)
+
+
+def is_local_path(model_id: str) -> bool:
+    """A model id is a local directory when it starts with /, ./, ../ or ~ (else a hub id)."""
+    return model_id.startswith(("/", "./", "../", "~"))
+
+
+def _resolve_model_path(data: Any, base: Path) -> Any:
+    """Make a relative local model path absolute, relative to the spec file's directory."""
+    model = data.get("model") if isinstance(data, dict) else None
+    model_id = model.get("id") if isinstance(model, dict) else None
+    if not isinstance(model_id, str) or not is_local_path(model_id) or model_id.startswith("/"):
+        return data
+    resolved = (base / Path(model_id).expanduser()).resolve()
+    return {**data, "model": {**model, "id": str(resolved)}}
 
 
 def json_schema() -> dict[str, Any]:

@@ -59,17 +59,19 @@ def serve_argv(
     spec: Spec,
     *,
     host: str = "0.0.0.0",
-    port: int = 8000,
+    port: int | None = 8000,
     api_key: str | None,
     overrides: Mapping[str, FlagValue] | None = None,
 ) -> list[str]:
     """The arguments after `vllm serve`: the model, its flags, where to listen, and the key.
 
-    `api_key` may be a placeholder that a shell expands on the host (e.g. "$VLLM_API_KEY"); None
-    means the caller protects the endpoint another way and must say so.
+    `port=None` leaves --port to the caller (a script that picks it at start). `api_key=None`
+    means the key reaches vLLM another way (its VLLM_API_KEY environment variable) or the caller
+    protects the endpoint otherwise, and must say which.
     """
-    argv = [spec.model.id, *flags_to_argv(engine_flags(spec, overrides=overrides))]
-    argv += ["--host", host, "--port", str(port)]
+    argv = [spec.model.id, *flags_to_argv(engine_flags(spec, overrides=overrides)), "--host", host]
+    if port is not None:
+        argv += ["--port", str(port)]
     if api_key is not None:
         argv += ["--api-key", api_key]
     return argv

@@ -1,0 +1,292 @@
+"""The `deployer` command line.
+
+Exit codes: 0 done, 1 the operation failed, 2 bad input. With --json a command prints exactly one
+JSON document on stdout (errors too: {"error": ..., "exit_code": ...}); progress goes to stderr.
+Only typer is imported at start-up; each command imports what it needs, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json as jsonlib
+import sys
+from collections.abc import Callable
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(
+    name="deployer",
+    help="Turn one YAML spec into a running, OpenAI-compatible vLLM endpoint "
+    "(local, Modal, RunPod serverless, Lambda Cloud).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+CONFIG = typer.Argument(..., help="Path of the deployment spec (YAML).", show_default=False)
+PROVIDER = typer.Option(None, "--provider", "-p", help="Deploy to this provider instead of the file's `provider:`.")
+JSON = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _emit_json(doc: Any) -> None:
+    sys.stdout.write(jsonlib.dumps(doc, indent=2, default=str) + "\n")
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn deployer errors into a message and an exit code (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import DeployerError
+
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return fn(*args, **kwargs)
+        except DeployerError as exc:
+            if as_json:
+                _emit_json({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+            _stderr().print(f"[bold red]error:[/] {_escape(exc.message)}")
+            if exc.hint:
+                _stderr().print(f"  [dim]hint:[/] {_escape(exc.hint)}")
+            raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: say so briefly, keep the traceback in a file
+            path = _crash_log()
+            _stderr().print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {_escape(str(exc)[:300])}")
+            _stderr().print(f"  [dim]this is a bug in deployer; the traceback is in {path}[/]")
+            if as_json:
+                _emit_json({"error": f"internal error: {exc.__class__.__name__}", "exit_code": 1})
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            name = kwargs.get("name") or "NAME"
+            _stderr().print(
+                "\n[yellow]interrupted.[/] Everything created so far is recorded in the state. "
+                f"Run the same command again to resume, or `deployer destroy {name}` to remove it."
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _crash_log() -> str:
+    import traceback
+
+    try:
+        path = _settings().path("logs", "crash.log")
+        with open(path, "a") as handle:
+            traceback.print_exc(file=handle)
+        return str(path)
+    except Exception:  # noqa: BLE001 - reporting must not fail
+        return "(could not write the crash log)"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _settings() -> Any:
+    from .settings import Settings
+
+    return Settings()
+
+
+def _orchestrator(quiet: bool = False) -> Any:
+    from .orchestrator import Orchestrator
+
+    console = _stderr()
+    progress = (lambda _msg: None) if quiet and not console.is_terminal else (lambda msg: console.print(f"[dim]…[/] {_escape(msg)}"))
+    return Orchestrator(_settings(), progress=progress)
+
+
+def _load(config: str, provider: Optional[str]) -> Any:
+    from .spec import load_spec
+
+    return load_spec(config, provider=provider)
+
+
+@app.command()
+@handled
+def plan(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bool = JSON) -> None:
+    """Show exactly what `deploy` would send and write; change nothing."""
+    spec = _load(config, provider)
+    result = _orchestrator(quiet=True).plan(spec)
+    doc = result.to_dict()
+    extras = _plan_extras(spec)
+    doc.update(extras)
+    if as_json:
+        _emit_json(doc)
+        return
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    out = Console(highlight=False)
+    out.print(f"[bold]{spec.name}[/] on [bold]{spec.provider}[/]: {result.action}")
+    for note in result.artifacts.notes:
+        out.print(f"  [dim]note:[/] {_escape(note)}")
+    for req in result.artifacts.requests:
+        out.print(f"\n[cyan]{req.method} {_escape(req.url)}[/]")
+        if req.json is not None:
+            out.print(Syntax(jsonlib.dumps(req.json, indent=2), "json", word_wrap=True))
+    for path, text in result.artifacts.files.items():
+        out.print(f"\n[cyan]file {_escape(path)}[/]")
+        out.print(Syntax(text, _lexer(path), word_wrap=True))
+    for key, value in extras.items():
+        out.print(f"\n[bold]{key}[/]: {_escape(jsonlib.dumps(value, default=str))}")
+
+
+def _plan_extras(spec: Any) -> dict[str, Any]:
+    """Capacity and cost figures for `plan`, when the costing package is present."""
+    try:
+        from .costing import capacity, report
+    except ImportError:
+        return {}
+    extras: dict[str, Any] = {}
+    cap = capacity.check(spec)  # raises InputError when the model cannot fit
+    if cap is not None:
+        extras["capacity"] = cap.to_dict() if hasattr(cap, "to_dict") else cap
+    summary = report.plan_summary(spec, _settings())
+    if summary:
+        extras["cost"] = summary
+    return extras
+
+
+def _lexer(path: str) -> str:
+    return {"py": "python", "sh": "bash", "yaml": "yaml", "yml": "yaml", "json": "json"}.get(path.rsplit(".", 1)[-1], "text")
+
+
+@app.command()
+@handled
+def deploy(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bool = JSON) -> None:
+    """Create or update the deployment, wait until it answers, print its URL."""
+    spec = _load(config, provider)
+    orch = _orchestrator(quiet=as_json)
+    _plan_extras(spec)  # the capacity check refuses what cannot fit before anything is created
+    result = orch.deploy(spec)
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    from .keys import key_location
+
+    out = _out()
+    verb = {"unchanged": "is unchanged and ready", "created": "is ready", "updated": "was updated and is ready",
+            "moved": f"moved to {result.provider} and is ready"}[result.action]
+    out.print(f"[bold green]✓[/] [bold]{result.name}[/] {verb} on {result.provider}")
+    out.print(f"  url:   {result.url}")
+    out.print(f"  model: {result.model}")
+    out.print(f"  key:   {_escape(result.key_source)}")
+    if spec.auth.api_key_env is None and "deployment's API key" in result.key_source:
+        out.print(f"\n  export OPENAI_API_KEY=$(cat {key_location(spec, orch.settings)})")
+    out.print(f"  export OPENAI_BASE_URL={result.url}")
+    out.print(
+        f"  curl $OPENAI_BASE_URL/chat/completions -H \"Authorization: Bearer $OPENAI_API_KEY\" "
+        f"-H 'Content-Type: application/json' -d '{{\"model\": \"{result.model}\", "
+        f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'"
+    )
+    out.print(f"\n  remove it with: deployer destroy {result.name}")
+
+
+def _out() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@app.command()
+@handled
+def destroy(name: str = typer.Argument(..., help="Deployment name."), as_json: bool = JSON) -> None:
+    """Tear the deployment down everywhere it is recorded and verify nothing is left. Idempotent."""
+    removed = _orchestrator(quiet=as_json).destroy(name)
+    if as_json:
+        _emit_json({"name": name, "destroyed": removed, "status": "destroyed" if removed else "absent"})
+        return
+    if removed:
+        _out().print(f"[bold green]✓[/] {name} destroyed on {', '.join(removed)}; verified gone")
+    else:
+        _out().print(f"nothing recorded under {name!r}; nothing to destroy")
+
+
+@app.command()
+@handled
+def status(name: Optional[str] = typer.Argument(None, help="Deployment name (default: all)."), as_json: bool = JSON) -> None:
+    """Each deployment's state as its provider reports it now."""
+    rows = _orchestrator(quiet=True).status(name)
+    if name and not rows:
+        from .errors import DeployerError
+
+        raise DeployerError(f"no deployment named {name!r}", hint="`deployer list` shows what exists")
+    if as_json:
+        _emit_json(rows if name is None else rows)
+        return
+    from rich.table import Table
+
+    table = Table("name", "provider", "state", "url", "details")
+    for row in rows:
+        details = ", ".join(f"{k}={v}" for k, v in row["details"].items() if v is not None)
+        table.add_row(row["name"], row["provider"], row["state"], row["url"] or "", _escape(details))
+    _out().print(table)
+
+
+@app.command("list")
+@handled
+def list_(as_json: bool = JSON) -> None:
+    """What the state records (no provider is called)."""
+    rows = _orchestrator(quiet=True).list()
+    if as_json:
+        _emit_json(rows)
+        return
+    import datetime
+
+    from rich.table import Table
+
+    table = Table("name", "provider", "status", "url", "updated")
+    for row in rows:
+        when = datetime.datetime.fromtimestamp(row["updated_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(row["name"], row["provider"], row["status"], row["url"] or "", when)
+    _out().print(table)
+
+
+@app.command()
+@handled
+def logs(
+    name: str = typer.Argument(..., help="Deployment name."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+) -> None:
+    """Print the serving logs of a deployment."""
+    for line in _orchestrator(quiet=True).logs(name, follow):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def schema() -> None:
+    """Print the spec's JSON Schema (for editors)."""
+    from .spec import json_schema
+
+    _emit_json(json_schema())
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .costing.cli import register
+    except ImportError:
+        return
+    register(app)
+
+
+def main() -> None:
+    _register_optional_commands()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Where the endpoint API key and the HF token come from.
+
+The endpoint key is either read from the environment variable the spec names (`auth.api_key_env`)
+or generated once per deployment and kept in `DEPLOYER_HOME/keys/<name>.key` (mode 0600). It is
+never written to state, logs or output: the CLI shows where it is, not what it is.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _secrets
+from pathlib import Path
+
+from .errors import InputError
+from .provider import Secrets
+from .settings import Settings
+from .spec import Spec
+
+
+def key_path(settings: Settings, name: str) -> Path:
+    return settings.home / "keys" / f"{name}.key"
+
+
+def key_location(spec: Spec, settings: Settings) -> str:
+    """Where the key lives, in words a user can act on (no secret)."""
+    if spec.auth.api_key_env:
+        return f"env ${spec.auth.api_key_env}"
+    return str(key_path(settings, spec.name))
+
+
+def endpoint_key(spec: Spec, settings: Settings, *, create: bool) -> str | None:
+    """The endpoint key. With `create`, a missing generated key is made (0600, atomically).
+
+    Raises InputError when the spec names an environment variable that is not set.
+    """
+    if spec.auth.api_key_env:
+        value = os.environ.get(spec.auth.api_key_env)
+        if not value:
+            raise InputError(
+                f"auth.api_key_env names ${spec.auth.api_key_env}, which is not set",
+                hint=f"export {spec.auth.api_key_env}=... or remove auth.api_key_env to have a key generated",
+            )
+        return value
+    path = key_path(settings, spec.name)
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("dpk-" + _secrets.token_urlsafe(32) + "\n")
+    try:
+        os.link(tmp, path)  # first writer wins; a concurrent deploy reads the same key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def forget_generated_key(settings: Settings, name: str) -> None:
+    key_path(settings, name).unlink(missing_ok=True)
+
+
+def hf_token(spec: Spec) -> str | None:
+    return os.environ.get(spec.secrets.hf_token_env) or None
+
+
+def deploy_secrets(spec: Spec, settings: Settings) -> Secrets:
+    """The real secrets for `apply` (creates the generated key if needed)."""
+    return Secrets(api_key=endpoint_key(spec, settings, create=True) or "", hf_token=hf_token(spec))
+
+
+def plan_secrets(spec: Spec) -> Secrets:
+    """Placeholders for `render` in plan: nothing secret, same shape."""
+    return Secrets.redacted(has_hf_token=hf_token(spec) is not None)

@@ -1,0 +1,237 @@
+"""Plan, deploy, destroy: the flows, independent of any provider.
+
+`deploy` is idempotent by name: the same spec again is a no-op; a changed spec is applied in
+place (the provider decides how); a changed provider brings the new deployment up, waits until
+it answers, and only then tears the old one down. If the new one never answers, it is torn down
+and the old one stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import keys, registry
+from .client import wait_ready
+from .errors import DeployerError, NotReadyError
+from .provider import Artifacts, Deployment, Endpoint, Provider, StatusReport
+from .settings import Settings
+from .spec import Spec
+from .state import StateStore, lock
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    artifacts: Artifacts
+    current: list[dict[str, Any]]
+    action: str  # create | update | unchanged | move
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "provider": self.spec.provider,
+            "action": self.action,
+            "spec": self.spec.model_dump(mode="json"),
+            "artifacts": self.artifacts.to_dict(),
+            "notes": list(self.artifacts.notes),
+        }
+
+
+@dataclass
+class DeployResult:
+    name: str
+    provider: str
+    action: str  # created | updated | unchanged | moved
+    url: str
+    status: str
+    key_source: str
+    model: str
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Orchestrator:
+    """Runs the flows against one DEPLOYER_HOME. Each public method takes the deployment's lock."""
+
+    def __init__(self, settings: Settings, *, progress: Progress = _quiet) -> None:
+        self.settings = settings
+        self.progress = progress
+        self._state: StateStore | None = None
+
+    @property
+    def state(self) -> StateStore:
+        if self._state is None:
+            self._state = StateStore(self.settings.ensure_home())
+        return self._state
+
+    def provider(self, name: str) -> Provider:
+        return registry.load(name, self.settings)
+
+    # -- plan -----------------------------------------------------------------------------
+
+    def plan(self, spec: Spec) -> Plan:
+        """What `deploy` would do. No provider call, no file written, no secret in the result."""
+        provider = self.provider(spec.provider)
+        artifacts = provider.render(spec, keys.plan_secrets(spec))
+        rows = self.state.rows(spec.name) if self.state_exists() else []
+        return Plan(spec=spec, artifacts=artifacts, current=rows, action=_action(spec, rows))
+
+    def state_exists(self) -> bool:
+        return (self.settings.home / "state.db").exists()
+
+    # -- deploy ---------------------------------------------------------------------------
+
+    def deploy(self, spec: Spec) -> DeployResult:
+        """Bring `spec` up and return once its endpoint answers. Blocks; raises DeployerError."""
+        with lock(self.settings.ensure_home(), spec.name):
+            provider = self.provider(spec.provider)
+            provider.render(spec, keys.plan_secrets(spec))  # refuses specs the provider cannot serve
+            secrets = keys.deploy_secrets(spec, self.settings)
+            rows = self.state.rows(spec.name)
+            same = next((r for r in rows if r["provider"] == spec.provider), None)
+            others = [r for r in rows if r["provider"] != spec.provider]
+
+            if same and same["spec_hash"] == spec.fingerprint() and same["status"] == "ready":
+                current = self.state.deployment(same)
+                report = provider.status(current)
+                if report.state == "ready" and not others:
+                    self.progress("unchanged: the deployment already matches the spec")
+                    return self._result(spec, "unchanged", current, same["key_source"])
+
+            current = self.state.deployment(same) if same else None
+            action = "moved" if others else ("updated" if same else "created")
+            self.state.begin(spec.name, spec.provider, spec.fingerprint(), spec.model_dump(mode="json"),
+                             "updating" if same else "creating")
+            endpoint = self._apply(provider, spec, secrets, current)
+            try:
+                self._wait(provider, spec, endpoint)
+            except NotReadyError:
+                if others:
+                    self.progress(f"the new deployment on {spec.provider} never answered; tearing it down, "
+                                  f"the one on {others[0]['provider']} stays up")
+                    self._destroy_row(self._row(spec.name, spec.provider))
+                raise
+            self.state.set_status(spec.name, spec.provider, "ready", url=endpoint.url)
+            for old in others:
+                self.progress(f"the new deployment answers; removing the old one on {old['provider']}")
+                self._destroy_row(old)
+            done = self.state.deployment(self._row(spec.name, spec.provider))
+            result = self._result(spec, action, done, endpoint.key_source)
+            result.replaced = [o["provider"] for o in others]
+            return result
+
+    def _apply(self, provider: Provider, spec: Spec, secrets: Any, current: Deployment | None) -> Endpoint:
+        def record(kind: str, id: str, **extra: Any) -> None:
+            self.state.record_resource(spec.name, spec.provider, kind, id, **extra)
+
+        self.progress(f"applying on {spec.provider}")
+        try:
+            endpoint = provider.apply(spec, secrets, current, record)
+        except BaseException:
+            self.state.set_status(spec.name, spec.provider, "failed")
+            raise
+        self.state.set_status(spec.name, spec.provider, "starting", url=endpoint.url, key_source=endpoint.key_source)
+        return endpoint
+
+    def _wait(self, provider: Provider, spec: Spec, endpoint: Endpoint) -> None:
+        timeout = spec.startup.readiness_timeout or provider.readiness_timeout(spec)
+        self.progress(f"waiting for {endpoint.url} to answer (up to {timeout:.0f}s)")
+        deployment = lambda: self.state.deployment(self._row(spec.name, spec.provider))  # noqa: E731
+        try:
+            wait_ready(endpoint, timeout=timeout, probe=lambda: provider.probe(deployment()),
+                       on_wait=lambda problem: self.progress(f"waiting for {endpoint.url}: {problem}"))
+        except NotReadyError as exc:
+            self.state.set_status(spec.name, spec.provider, "failed")
+            diagnosis = provider.not_ready(deployment(), exc.message)
+            raise NotReadyError(f"{spec.provider}: {exc.message}" + (f"\n{diagnosis}" if diagnosis else ""),
+                                hint=f"`deployer logs {spec.name}` shows the server's log; "
+                                     f"`deployer destroy {spec.name}` removes what is left") from None
+
+    def _row(self, name: str, provider: str) -> dict[str, Any]:
+        for row in self.state.rows(name):
+            if row["provider"] == provider:
+                return row
+        raise DeployerError(f"{name!r} on {provider} vanished from state while in use")
+
+    def _result(self, spec: Spec, action: str, deployment: Deployment, key_source: str | None) -> DeployResult:
+        return DeployResult(
+            name=spec.name, provider=spec.provider, action=action, url=deployment.url or "", status="ready",
+            key_source=key_source or "the deployment's API key", model=spec.model.served,
+            resources=[{"kind": r.kind, "id": r.id} for r in deployment.resources],
+        )
+
+    # -- destroy --------------------------------------------------------------------------
+
+    def destroy(self, name: str) -> list[str]:
+        """Remove every deployment recorded under `name`, verified. Idempotent: returns the
+        providers it removed from (empty when nothing was recorded)."""
+        with lock(self.settings.ensure_home(), name):
+            rows = self.state.rows(name) if self.state_exists() else []
+            for row in rows:
+                self._destroy_row(row)
+            keys.forget_generated_key(self.settings, name)
+            return [r["provider"] for r in rows]
+
+    def _destroy_row(self, row: dict[str, Any]) -> None:
+        provider = self.provider(row["provider"])
+        self.state.set_status(row["name"], row["provider"], "destroying")
+        self.progress(f"destroying {row['name']} on {row['provider']}")
+        provider.destroy(self.state.deployment(row))
+        self.state.forget(row["name"], row["provider"])
+
+    # -- read-only ------------------------------------------------------------------------
+
+    def list(self) -> list[dict[str, Any]]:
+        """What the state holds, without calling any provider."""
+        if not self.state_exists():
+            return []
+        return [
+            {"name": r["name"], "provider": r["provider"], "status": r["status"], "url": r["url"],
+             "updated_at": r["updated_at"], "resources": [{"kind": x.kind, "id": x.id} for x in r["resources"]]}
+            for r in self.state.rows()
+        ]
+
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Recorded deployments (all, or `name`'s) with the provider's current view of each."""
+        rows = self.state.rows(name) if self.state_exists() else []
+        out = []
+        for row in rows:
+            deployment = self.state.deployment(row)
+            try:
+                report = self.provider(row["provider"]).status(deployment)
+            except DeployerError as exc:
+                report = StatusReport(state="unknown", details={"error": exc.message})
+            out.append({
+                "name": row["name"], "provider": row["provider"], "recorded": row["status"],
+                "state": report.state, "url": row["url"], "details": report.details,
+                "resources": [{"kind": r.kind, "id": r.id} for r in deployment.resources],
+            })
+        return out
+
+    def logs(self, name: str, follow: bool) -> Iterator[str]:
+        rows = self.state.rows(name) if self.state_exists() else []
+        if not rows:
+            raise DeployerError(f"no deployment named {name!r}", hint="`deployer list` shows what exists")
+        row = rows[-1]
+        yield from self.provider(row["provider"]).logs(self.state.deployment(row), follow)
+
+
+def _action(spec: Spec, rows: list[dict[str, Any]]) -> str:
+    same = next((r for r in rows if r["provider"] == spec.provider), None)
+    if any(r["provider"] != spec.provider for r in rows):
+        return "move"
+    if same is None:
+        return "create"
+    return "unchanged" if same["spec_hash"] == spec.fingerprint() and same["status"] == "ready" else "update"
+
