@@ -32,7 +32,7 @@ JSON = typer.Option(False, "--json", help="Print one JSON document on stdout and
 def _stderr() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _emit_json(doc: Any) -> None:
@@ -100,12 +100,40 @@ def _settings() -> Any:
     return Settings()
 
 
-def _orchestrator(quiet: bool = False) -> Any:
+class ProgressLine:
+    """One live line on stderr while a long operation runs (a spinner on a terminal; elsewhere
+    each new message once, repeats suppressed). Use as a context manager."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.console = _stderr()
+        self.quiet = quiet
+        self._status: Any = None
+        self._last = ""
+
+    def __enter__(self) -> ProgressLine:
+        if self.console.is_terminal and not self.quiet:
+            self._status = self.console.status("starting")
+            self._status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+    def __call__(self, message: str) -> None:
+        if message == self._last:
+            return
+        self._last = message
+        if self._status is not None:
+            self._status.update(_escape(message))
+        elif not self.quiet:
+            self.console.print(f"[dim]…[/] {_escape(message)}")
+
+
+def _orchestrator(progress: Any = None) -> Any:
     from .orchestrator import Orchestrator
 
-    console = _stderr()
-    progress = (lambda _msg: None) if quiet and not console.is_terminal else (lambda msg: console.print(f"[dim]…[/] {_escape(msg)}"))
-    return Orchestrator(_settings(), progress=progress)
+    return Orchestrator(_settings(), progress=progress or (lambda _msg: None))
 
 
 def _load(config: str, provider: Optional[str]) -> Any:
@@ -119,27 +147,24 @@ def _load(config: str, provider: Optional[str]) -> Any:
 def plan(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bool = JSON) -> None:
     """Show exactly what `deploy` would send and write; change nothing."""
     spec = _load(config, provider)
-    result = _orchestrator(quiet=True).plan(spec)
+    result = _orchestrator().plan(spec)
     doc = result.to_dict()
     extras = _plan_extras(spec)
     doc.update(extras)
     if as_json:
         _emit_json(doc)
         return
-    from rich.console import Console
-    from rich.syntax import Syntax
-
-    out = Console(highlight=False)
+    out = _out()
     out.print(f"[bold]{spec.name}[/] on [bold]{spec.provider}[/]: {result.action}")
     for note in result.artifacts.notes:
         out.print(f"  [dim]note:[/] {_escape(note)}")
     for req in result.artifacts.requests:
         out.print(f"\n[cyan]{req.method} {_escape(req.url)}[/]")
         if req.json is not None:
-            out.print(Syntax(jsonlib.dumps(req.json, indent=2), "json", word_wrap=True))
+            out.print(jsonlib.dumps(req.json, indent=2), markup=False)
     for path, text in result.artifacts.files.items():
         out.print(f"\n[cyan]file {_escape(path)}[/]")
-        out.print(Syntax(text, _lexer(path), word_wrap=True))
+        out.print(text.rstrip("\n"), markup=False)
     for key, value in extras.items():
         out.print(f"\n[bold]{key}[/]: {_escape(jsonlib.dumps(value, default=str))}")
 
@@ -160,18 +185,15 @@ def _plan_extras(spec: Any) -> dict[str, Any]:
     return extras
 
 
-def _lexer(path: str) -> str:
-    return {"py": "python", "sh": "bash", "yaml": "yaml", "yml": "yaml", "json": "json"}.get(path.rsplit(".", 1)[-1], "text")
-
-
 @app.command()
 @handled
 def deploy(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bool = JSON) -> None:
     """Create or update the deployment, wait until it answers, print its URL."""
     spec = _load(config, provider)
-    orch = _orchestrator(quiet=as_json)
     _plan_extras(spec)  # the capacity check refuses what cannot fit before anything is created
-    result = orch.deploy(spec)
+    with ProgressLine() as progress:
+        orch = _orchestrator(progress)
+        result = orch.deploy(spec)
     if as_json:
         _emit_json(result.to_dict())
         return
@@ -198,14 +220,15 @@ def deploy(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bo
 def _out() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 @app.command()
 @handled
 def destroy(name: str = typer.Argument(..., help="Deployment name."), as_json: bool = JSON) -> None:
     """Tear the deployment down everywhere it is recorded and verify nothing is left. Idempotent."""
-    removed = _orchestrator(quiet=as_json).destroy(name)
+    with ProgressLine() as progress:
+        removed = _orchestrator(progress).destroy(name)
     if as_json:
         _emit_json({"name": name, "destroyed": removed, "status": "destroyed" if removed else "absent"})
         return
@@ -219,7 +242,7 @@ def destroy(name: str = typer.Argument(..., help="Deployment name."), as_json: b
 @handled
 def status(name: Optional[str] = typer.Argument(None, help="Deployment name (default: all)."), as_json: bool = JSON) -> None:
     """Each deployment's state as its provider reports it now."""
-    rows = _orchestrator(quiet=True).status(name)
+    rows = _orchestrator().status(name)
     if name and not rows:
         from .errors import DeployerError
 
@@ -240,7 +263,7 @@ def status(name: Optional[str] = typer.Argument(None, help="Deployment name (def
 @handled
 def list_(as_json: bool = JSON) -> None:
     """What the state records (no provider is called)."""
-    rows = _orchestrator(quiet=True).list()
+    rows = _orchestrator().list()
     if as_json:
         _emit_json(rows)
         return
@@ -262,7 +285,7 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
 ) -> None:
     """Print the serving logs of a deployment."""
-    for line in _orchestrator(quiet=True).logs(name, follow):
+    for line in _orchestrator().logs(name, follow):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 

@@ -1,0 +1,101 @@
+"""The local provider end to end on the real vLLM engine, through the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from tests.support.engine import REPO
+
+pytestmark = pytest.mark.engine
+LOCAL_TINY = str(REPO / "configs" / "local-tiny.yaml")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_deploy_chat_redeploy_kill_recover_destroy(cli, home: Path, tiny_model: Path) -> None:
+    outputs = []
+    deployed = cli("deploy", LOCAL_TINY, "--json")
+    outputs.append(deployed)
+    assert deployed.code == 0, deployed
+    doc = deployed.json()
+    assert doc["action"] == "created" and doc["status"] == "ready" and doc["url"].endswith("/v1")
+    key = (home / "keys" / "tiny.key").read_text().strip()
+    assert (home / "keys" / "tiny.key").stat().st_mode & 0o777 == 0o600
+
+    client = OpenAI(base_url=doc["url"], api_key=key, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4)
+    assert chat.choices[0].message.content is not None and chat.usage.completion_tokens >= 1
+    with pytest.raises(Exception, match="401"):
+        OpenAI(base_url=doc["url"], api_key="wrong", max_retries=0).models.list()
+
+    again = cli("deploy", LOCAL_TINY, "--json")
+    outputs.append(again)
+    assert again.code == 0 and again.json()["action"] == "unchanged" and again.json()["url"] == doc["url"]
+
+    pid = int(next(r["id"] for r in doc["resources"] if r["kind"] == "process"))
+    status = cli("status", "tiny", "--json")
+    outputs.append(status)
+    assert status.json()[0]["state"] == "ready"
+    logs = cli("logs", "tiny")
+    assert "Application startup complete" in logs.out
+
+    os.killpg(pid, signal.SIGKILL)  # the server dies behind deployer's back
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dead = cli("status", "tiny", "--json")
+    assert dead.json()[0]["state"] == "dead"
+    revived = cli("deploy", LOCAL_TINY, "--json")  # a dead server is not "unchanged": it is started again
+    outputs.append(revived)
+    assert revived.code == 0 and revived.json()["action"] == "updated", revived
+    new_port = int(revived.json()["url"].rsplit(":", 1)[1].split("/")[0])
+    new_pid = int(next(r["id"] for r in revived.json()["resources"] if r["kind"] == "process"))
+
+    destroyed = cli("destroy", "tiny", "--json")
+    outputs.append(destroyed)
+    assert destroyed.code == 0 and destroyed.json()["destroyed"] == ["local"]
+    assert not pid_alive(new_pid) and not port_open(new_port)
+    assert cli("list", "--json").json() == []
+
+    # The key appeared nowhere: not in state, logs, rendered files or any output.
+    for path in home.rglob("*"):
+        if path.is_file() and path.suffix != ".key":
+            assert key.encode() not in path.read_bytes(), path
+    for result in outputs + [logs, status, dead]:
+        assert key not in result.out and key not in result.err
+
+
+def test_a_server_that_dies_while_starting_fails_the_deploy_fast(cli, home: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    spec = tmp_path / "broken.yaml"
+    spec.write_text(f"name: broken\nmodel:\n  id: {broken}\n  max_model_len: 256\nstartup:\n  readiness_timeout: 300\n")
+    start = time.monotonic()
+    result = cli("deploy", str(spec), env={"HF_HUB_OFFLINE": "1"})
+    assert result.code == 1, result
+    assert "gave up waiting: the vLLM process exited" in result.err
+    assert time.monotonic() - start < 120
+    assert cli("destroy", "broken").code == 0
+    assert cli("list", "--json").json() == []
