@@ -255,7 +255,8 @@ def status(name: Optional[str] = typer.Argument(None, help="Deployment name (def
     table = Table("name", "provider", "state", "url", "details")
     for row in rows:
         details = ", ".join(f"{k}={v}" for k, v in row["details"].items() if v is not None)
-        table.add_row(row["name"], row["provider"], row["state"], row["url"] or "", _escape(details))
+        state = f"{row['state']} [yellow](ghost: `deployer gc --yes` forgets it)[/]" if row["ghost"] else row["state"]
+        table.add_row(row["name"], row["provider"], state, row["url"] or "", _escape(details))
     _out().print(table)
 
 
@@ -288,6 +289,42 @@ def logs(
     for line in _orchestrator().logs(name, follow):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+@app.command()
+@handled
+def gc(
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Only this provider."),
+    yes: bool = typer.Option(False, "--yes", help="Destroy orphans and forget ghosts."),
+    as_json: bool = JSON,
+) -> None:
+    """Find what bills without being recorded (orphans) and records of what is gone (ghosts)."""
+    from . import registry
+
+    if provider is not None and provider not in registry.names():
+        from .errors import InputError
+
+        raise InputError(f"unknown provider {provider!r}", hint=f"one of: {', '.join(registry.names())}")
+    with ProgressLine() as progress:
+        report = _orchestrator(progress).gc(provider, apply=yes)
+    if as_json:
+        _emit_json({**report, "applied": yes})
+        return
+    from rich.table import Table
+
+    table = Table("group", "provider", "what", "deployment")
+    for entry in report["orphans"]:
+        table.add_row("[red]orphan[/]", entry["provider"], f"{entry['kind']} {entry['id']}", entry["deployment"] or "?")
+    for entry in report["ghosts"]:
+        table.add_row("[yellow]ghost[/]", entry["provider"], "(gone)", entry["deployment"])
+    for entry in report["healthy"]:
+        table.add_row("[green]healthy[/]", entry["provider"], f"{entry['kind']} {entry['id']}", entry["deployment"] or "?")
+    out = _out()
+    out.print(table)
+    for entry in report["skipped"]:
+        out.print(f"[dim]skipped {entry['provider']}: {entry['reason']}[/]")
+    if report["orphans"] or report["ghosts"]:
+        out.print("destroyed the orphans and forgot the ghosts" if yes else "run `deployer gc --yes` to destroy orphans and forget ghosts")
 
 
 @app.command()

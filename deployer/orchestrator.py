@@ -15,12 +15,14 @@ from typing import Any
 from . import keys, registry
 from .client import wait_ready
 from .errors import DeployerError, NotReadyError
-from .provider import Artifacts, Deployment, Endpoint, Provider, StatusReport
+from .provider import Artifacts, Deployment, Endpoint, Owned, Provider, Resource, StatusReport
 from .settings import Settings
 from .spec import Spec
 from .state import StateStore, lock
 
 Progress = Callable[[str], None]
+GONE = frozenset({"gone", "dead"})
+"""Status words meaning nothing of the deployment exists at the provider any more."""
 
 
 def _quiet(_: str) -> None:
@@ -214,10 +216,51 @@ class Orchestrator:
                 report = StatusReport(state="unknown", details={"error": exc.message})
             out.append({
                 "name": row["name"], "provider": row["provider"], "recorded": row["status"],
-                "state": report.state, "url": row["url"], "details": report.details,
+                "state": report.state, "ghost": report.state in GONE,
+                "url": row["url"], "details": report.details,
                 "resources": [{"kind": r.kind, "id": r.id} for r in deployment.resources],
             })
         return out
+
+    def gc(self, only: str | None = None, *, apply: bool = False) -> dict[str, list[dict[str, Any]]]:
+        """Compare what each provider holds under our prefix/tags with the state.
+
+        Returns {"orphans": in the provider but not in state, "ghosts": in state but gone from
+        the provider, "healthy": both, "skipped": providers without credentials}. With `apply`,
+        orphans are destroyed (verified) and ghosts forgotten. Providers are asked only when
+        they have credentials.
+        """
+        rows = self.state.rows() if self.state_exists() else []
+        report: dict[str, list[dict[str, Any]]] = {"orphans": [], "ghosts": [], "healthy": [], "skipped": []}
+        for name in [only] if only else registry.names():
+            provider = self.provider(name)
+            if not provider.has_credentials():
+                report["skipped"].append({"provider": name, "reason": "no credentials"})
+                continue
+            mine = [r for r in rows if r["provider"] == name]
+            known = {(res.kind, res.id) for row in mine for res in row["resources"]}
+            for owned in provider.list_owned():
+                entry = {"provider": name, "kind": owned.kind, "id": owned.id, "deployment": owned.deployment,
+                         "details": owned.details}
+                report["healthy" if (owned.kind, owned.id) in known else "orphans"].append(entry)
+            for row in mine:
+                if provider.status(self.state.deployment(row)).state in GONE:
+                    report["ghosts"].append({"provider": name, "deployment": row["name"]})
+        if apply:
+            for entry in report["orphans"]:
+                self._destroy_orphan(entry)
+            for entry in report["ghosts"]:
+                with lock(self.settings.ensure_home(), entry["deployment"]):
+                    self.state.forget(entry["deployment"], entry["provider"])
+        return report
+
+    def _destroy_orphan(self, entry: dict[str, Any]) -> None:
+        provider = self.provider(entry["provider"])
+        self.progress(f"destroying orphan {entry['kind']} {entry['id']} on {entry['provider']}")
+        provider.destroy(Deployment(
+            name=entry["deployment"] or "", provider=entry["provider"], spec=None,
+            resources=[Resource(kind=entry["kind"], id=entry["id"])],
+        ))
 
     def logs(self, name: str, follow: bool) -> Iterator[str]:
         rows = self.state.rows(name) if self.state_exists() else []

@@ -30,8 +30,8 @@ def clouds(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[
     monkeypatch.setattr(registry, "load", lambda name, settings: providers[name])
     yield providers
     for provider in providers.values():  # never leave an engine running
-        for server_id in list(provider.cloud.load()):
-            provider.destroy(_dep(provider.cloud.load()[server_id]["name"].removeprefix("dplr-")))
+        for owned in provider.list_owned():
+            provider.destroy(_dep(owned.deployment))
 
 
 def _dep(name: str):
@@ -172,3 +172,23 @@ def test_state_refuses_secret_looking_extras(home) -> None:
     store.begin("demo", "local", "h", {}, "creating")
     with pytest.raises(ValueError, match="secret"):
         store.record_resource("demo", "local", "server", "s1", api_key="x")
+
+
+def test_gc_finds_orphans_and_ghosts_and_cleans_both(clouds, tiny_model) -> None:
+    orch().deploy(make_spec(tiny_model))  # healthy
+    ghost = validate_spec({**make_spec(tiny_model).model_dump(mode="json"), "name": "ghost"})
+    orch().deploy(ghost)
+    clouds["local"].destroy(_dep("ghost"))  # gone behind deployer's back: a ghost
+    orphan = validate_spec({**make_spec(tiny_model).model_dump(mode="json"), "name": "orphan"})
+    orch().deploy(orphan)
+    StateStore(Settings().home).forget("orphan", "local")  # the state lost it: an orphan
+    report = orch().gc("local")
+    assert [e["deployment"] for e in report["orphans"]] == ["orphan"]
+    assert [e["deployment"] for e in report["ghosts"]] == ["ghost"]
+    assert [e["deployment"] for e in report["healthy"]] == ["demo"]
+    orch().gc("local", apply=True)
+    assert [s["name"] for s in clouds["local"].cloud.load().values()] == ["dplr-demo"]
+    assert [r["name"] for r in StateStore(Settings().home).rows()] == ["demo"]
+    again = orch().gc("local")
+    assert again["orphans"] == [] and again["ghosts"] == []
+    orch().destroy("demo")

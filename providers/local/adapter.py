@@ -34,6 +34,7 @@ from deployer.vllm_command import serve_argv
 
 HOST = "127.0.0.1"
 TAG_ENV = "DEPLOYER_DEPLOYMENT"
+HOME_ENV = "DEPLOYER_STATE_HOME"  # which state started it: gc only judges its own home's servers
 
 
 def installed_engine() -> str | None:
@@ -105,7 +106,7 @@ class Provider:
             raise DeployerError(f"port {port} on {HOST} is already in use", hint="set providers.local.port to another port")
         log_path = self.settings.path("logs", f"{spec.name}.log")
         env = {**os.environ, "PORT": str(port), "VLLM_API_KEY": secrets.api_key,
-               "DEPLOYER_PYTHON": sys.executable, TAG_ENV: spec.name}
+               "DEPLOYER_PYTHON": sys.executable, TAG_ENV: spec.name, HOME_ENV: str(self.settings.home)}
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 ["/bin/sh", str(script)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -168,16 +169,20 @@ class Provider:
                 time.sleep(0.1)
 
     def list_owned(self) -> list[Owned]:
-        """Processes on this machine started by deployer (tagged through their environment)."""
+        """Servers on this machine started from this DEPLOYER_HOME (tagged through their
+        environment): the leaders of their process groups."""
         found = []
         for pid_dir in Path("/proc").glob("[0-9]*"):
             try:
-                environ = (pid_dir / "environ").read_bytes().split(b"\0")
-            except OSError:
+                environ = dict(
+                    e.split(b"=", 1) for e in (pid_dir / "environ").read_bytes().split(b"\0") if b"=" in e
+                )
+                leader = os.getpgid(int(pid_dir.name)) == int(pid_dir.name)
+            except (OSError, ValueError):
                 continue
-            tag = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(TAG_ENV.encode() + b"=")), None)
-            if tag and os.getpgid(int(pid_dir.name)) == int(pid_dir.name):
-                found.append(Owned(self.name, "process", pid_dir.name, tag))
+            tag = environ.get(TAG_ENV.encode())
+            if tag and leader and environ.get(HOME_ENV.encode()) == str(self.settings.home).encode():
+                found.append(Owned(self.name, "process", pid_dir.name, tag.decode()))
         return found
 
     def logs(self, deployment: Deployment, follow: bool = False) -> Iterator[str]:

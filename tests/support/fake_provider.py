@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deployer.provider import (
-    Artifacts, Deployment, Endpoint, Owned, Recorder, Request, Secrets, StatusReport, resource_name,
+    Artifacts, Deployment, Endpoint, Owned, Recorder, Request, Secrets, StatusReport, deployment_of, resource_name,
 )
 from deployer.spec import Spec
 from deployer.vllm_command import serve_argv
@@ -90,15 +90,17 @@ class FakeProvider:
         return StatusReport("ready" if self._find(deployment.name) else "gone")
 
     def destroy(self, deployment: Deployment) -> None:
+        """Removes the recorded servers and any found by the deployment's name."""
         data = self.cloud.load()
+        recorded = {r.id for r in deployment.resources if r.kind == "server"}
         for server_id, server in list(data.items()):
-            if server["name"] == resource_name(deployment.name):
+            if server_id in recorded or server["name"] == resource_name(deployment.name):
                 _kill(server["pid"])
                 del data[server_id]
         self.cloud.save(data)
 
     def list_owned(self) -> list[Owned]:
-        return [Owned(self.name, "server", i, s["name"]) for i, s in self.cloud.load().items()]
+        return [Owned(self.name, "server", i, deployment_of(s["name"])) for i, s in self.cloud.load().items()]
 
     def logs(self, deployment: Deployment, follow: bool = False) -> Iterator[str]:
         yield from ()
