@@ -66,7 +66,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
                 _emit_json({"error": f"internal error: {exc.__class__.__name__}", "exit_code": 1})
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            name = kwargs.get("name") or "NAME"
+            name = kwargs.get("name") or _loaded.get("name") or "NAME"
             _stderr().print(
                 "\n[yellow]interrupted.[/] Everything created so far is recorded in the state. "
                 f"Run the same command again to resume, or `deployer destroy {name}` to remove it."
@@ -136,10 +136,15 @@ def _orchestrator(progress: Any = None) -> Any:
     return Orchestrator(_settings(), progress=progress or (lambda _msg: None))
 
 
+_loaded: dict[str, str] = {}  # the spec this invocation works on, for messages
+
+
 def _load(config: str, provider: Optional[str]) -> Any:
     from .spec import load_spec
 
-    return load_spec(config, provider=provider)
+    spec = load_spec(config, provider=provider)
+    _loaded["name"] = spec.name
+    return spec
 
 
 @app.command()

@@ -99,3 +99,31 @@ def test_a_server_that_dies_while_starting_fails_the_deploy_fast(cli, home: Path
     assert time.monotonic() - start < 120
     assert cli("destroy", "broken").code == 0
     assert cli("list", "--json").json() == []
+
+
+def test_ctrl_c_during_deploy_keeps_track_and_destroy_cleans_up(home: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "deploy", LOCAL_TINY], cwd=REPO,
+                            env={**os.environ, "DEPLOYER_HOME": str(home)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state_db = home / "state.db"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (home / "logs" / "tiny.log").exists():
+        time.sleep(0.1)  # the server process has been started (and recorded) once its log exists
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "deployer destroy tiny" in err
+    import sqlite3
+
+    rows = sqlite3.connect(state_db).execute("SELECT kind, resource_id FROM resources WHERE name='tiny'").fetchall()
+    assert [kind for kind, _ in rows] == ["process"]
+    pid = int(rows[0][1])
+    assert pid_alive(pid)  # Ctrl-C stops deployer, not the recorded server
+    destroy = subprocess.run([sys.executable, "-m", "deployer", "destroy", "tiny"], cwd=REPO, capture_output=True,
+                             text=True, env={**os.environ, "DEPLOYER_HOME": str(home)}, timeout=120)
+    assert destroy.returncode == 0, destroy.stderr
+    assert not pid_alive(pid)
