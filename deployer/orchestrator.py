@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import keys, registry
-from .client import wait_ready
 from .errors import DeployerError, NotReadyError
 from .provider import Artifacts, Deployment, Endpoint, Owned, Provider, Resource, StatusReport
 from .settings import Settings
@@ -147,6 +146,8 @@ class Orchestrator:
         return endpoint
 
     def _wait(self, provider: Provider, spec: Spec, endpoint: Endpoint) -> None:
+        from .client import wait_ready  # httpx: only deploy needs it, plan stays fast
+
         timeout = spec.startup.readiness_timeout or provider.readiness_timeout(spec)
         self.progress(f"waiting for {endpoint.url} to answer (up to {timeout:.0f}s)")
         deployment = lambda: self.state.deployment(self._row(spec.name, spec.provider))  # noqa: E731

@@ -24,7 +24,6 @@ from importlib import metadata
 from pathlib import Path
 
 from deployer import templating
-from deployer.client import EndpointClient
 from deployer.errors import DeployerError, InputError
 from deployer.keys import key_location
 from deployer.provider import Artifacts, Deployment, Endpoint, Owned, Recorder, Secrets, StatusReport
@@ -135,6 +134,8 @@ class Provider:
         proc = deployment.resource("process")
         if proc is None or not _alive(proc.id, proc.extra.get("started")):
             return StatusReport("gone" if proc is None else "dead", {"pid": proc.id if proc else None})
+        from deployer.client import EndpointClient
+
         details = {"pid": int(proc.id), "port": proc.extra.get("port"), "log": proc.extra.get("log")}
         key = self._key_for(deployment)
         if key is None or not deployment.url or deployment.spec is None:
