@@ -135,8 +135,8 @@ class ApiClient:
                     time.sleep(retry_after_seconds(response, delay))
                     delay = min(delay * 2, self._max_backoff)
                     continue
-                if response.status_code < 500 or last:
-                    raise self._describe(response)
+                if response.status_code < 500 or last or not idempotent:
+                    raise self._describe(response)  # a 5xx on a create may hide a success: never resend it
             time.sleep(delay * (1 + random.random() * 0.25))
             delay = min(delay * 2, self._max_backoff)
         raise AssertionError("unreachable")
