@@ -133,7 +133,7 @@ class Orchestrator:
             return result
 
     def _apply(self, provider: Provider, spec: Spec, secrets: Any, current: Deployment | None) -> Endpoint:
-        def record(kind: str, id: str, **extra: Any) -> None:
+        def record(kind: str, id: str, /, **extra: Any) -> None:
             self.state.record_resource(spec.name, spec.provider, kind, id, **extra)
 
         self.progress(f"applying on {spec.provider}")

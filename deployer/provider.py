@@ -154,7 +154,7 @@ class Owned:
 
 
 class Recorder(Protocol):
-    def __call__(self, kind: str, id: str, **extra: Any) -> None:
+    def __call__(self, kind: str, id: str, /, **extra: Any) -> None:
         """Persist a resource id now (durably, before returning)."""
 
 

@@ -138,7 +138,7 @@ class StateStore:
             )
             self._event(name, provider, "begin", status)
 
-    def record_resource(self, name: str, provider: str, kind: str, resource_id: str, **extra: Any) -> None:
+    def record_resource(self, name: str, provider: str, kind: str, resource_id: str, /, **extra: Any) -> None:
         """Persist a resource id now. Idempotent for the same (kind, id)."""
         for key in extra:
             if any(word in key.lower() for word in _SUSPICIOUS_KEYS):

@@ -76,7 +76,8 @@ def test_help_plan_and_status_do_not_import_heavy_sdks(home: Path) -> None:
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print(','.join(m for m in ('modal', 'runpod', 'vllm', 'torch', 'grpclib') if m in sys.modules), file=sys.stderr)\n"
     )
-    for args in (["--help"], ["plan", LOCAL_TINY], ["status"], ["list"]):
+    plans = [["plan", str(path)] for path in sorted((REPO / "configs").glob("*.yaml"))]
+    for args in (["--help"], *plans, ["status"], ["list"]):
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
                               env={"DEPLOYER_HOME": str(home), "PATH": "/usr/bin:/bin"})
         assert proc.stderr.strip().splitlines()[-1:] in ([], [""]), (args, proc.stderr[-500:])

@@ -105,25 +105,29 @@ def test_ctrl_c_during_deploy_keeps_track_and_destroy_cleans_up(home: Path) -> N
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "deployer", "deploy", LOCAL_TINY], cwd=REPO,
-                            env={**os.environ, "DEPLOYER_HOME": str(home)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    state_db = home / "state.db"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (home / "logs" / "tiny.log").exists():
-        time.sleep(0.1)  # the server process has been started (and recorded) once its log exists
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "deployer destroy tiny" in err
-    import sqlite3
+    env = {**os.environ, "DEPLOYER_HOME": str(home)}
+    destroy_cmd = [sys.executable, "-m", "deployer", "destroy", "tiny"]
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "deploy", LOCAL_TINY], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        state_db = home / "state.db"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (home / "logs" / "tiny.log").exists():
+            time.sleep(0.1)  # the server process has been started (and recorded) once its log exists
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted" in err and "deployer destroy tiny" in err
+        import sqlite3
 
-    rows = sqlite3.connect(state_db).execute("SELECT kind, resource_id FROM resources WHERE name='tiny'").fetchall()
-    assert [kind for kind, _ in rows] == ["process"]
-    pid = int(rows[0][1])
-    assert pid_alive(pid)  # Ctrl-C stops deployer, not the recorded server
-    destroy = subprocess.run([sys.executable, "-m", "deployer", "destroy", "tiny"], cwd=REPO, capture_output=True,
-                             text=True, env={**os.environ, "DEPLOYER_HOME": str(home)}, timeout=120)
-    assert destroy.returncode == 0, destroy.stderr
-    assert not pid_alive(pid)
+        rows = sqlite3.connect(state_db).execute("SELECT kind, resource_id FROM resources WHERE name='tiny'").fetchall()
+        assert [kind for kind, _ in rows] == ["process"]
+        pid = int(rows[0][1])
+        assert pid_alive(pid)  # Ctrl-C stops deployer, not the recorded server
+        destroy = subprocess.run(destroy_cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+        assert destroy.returncode == 0, destroy.stderr
+        assert not pid_alive(pid)
+    finally:
+        proc.kill()
+        subprocess.run(destroy_cmd, cwd=REPO, capture_output=True, env=env, timeout=120)
