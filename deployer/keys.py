@@ -7,6 +7,8 @@ never written to state, logs or output: the CLI shows where it is, not what it i
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets as _secrets
 from pathlib import Path
@@ -76,3 +78,20 @@ def deploy_secrets(spec: Spec, settings: Settings) -> Secrets:
 def plan_secrets(spec: Spec) -> Secrets:
     """Placeholders for `render` in plan: nothing secret, same shape."""
     return Secrets.redacted(has_hf_token=hf_token(spec) is not None)
+
+
+def secrets_digest(secrets: Secrets, settings: Settings) -> str:
+    """A keyed digest of the secret values, stored in state so that a rotated key or token makes
+    the next deploy apply again. The HMAC key is a random salt in DEPLOYER_HOME/keys/.salt (0600),
+    so the digest cannot be tested against guesses without it."""
+    salt_path = settings.home / "keys" / ".salt"
+    if not salt_path.exists():
+        salt_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(salt_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(_secrets.token_bytes(32))
+        except FileExistsError:
+            pass
+    message = f"{secrets.api_key}\0{secrets.hf_token or ''}".encode()
+    return hmac.new(salt_path.read_bytes(), message, hashlib.sha256).hexdigest()[:16]

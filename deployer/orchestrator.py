@@ -103,7 +103,9 @@ class Orchestrator:
             same = next((r for r in rows if r["provider"] == spec.provider), None)
             others = [r for r in rows if r["provider"] != spec.provider]
 
-            if same and same["spec_hash"] == spec.fingerprint() and same["status"] == "ready":
+            digest = keys.secrets_digest(secrets, self.settings)
+            if (same and same["spec_hash"] == spec.fingerprint() and same["secrets_digest"] == digest
+                    and same["status"] == "ready"):
                 current = self.state.deployment(same)
                 report = provider.status(current)
                 if report.state == "ready" and not others:
@@ -113,7 +115,7 @@ class Orchestrator:
             current = self.state.deployment(same) if same else None
             action = "moved" if others else ("updated" if same else "created")
             self.state.begin(spec.name, spec.provider, spec.fingerprint(), spec.model_dump(mode="json"),
-                             "updating" if same else "creating")
+                             "updating" if same else "creating", secrets_digest=digest)
             endpoint = self._apply(provider, spec, secrets, current)
             try:
                 self._wait(provider, spec, endpoint)

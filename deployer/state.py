@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     name TEXT NOT NULL,
     provider TEXT NOT NULL,
     spec_hash TEXT NOT NULL,
+    secrets_digest TEXT NOT NULL DEFAULT '',
     spec_json TEXT NOT NULL,
     status TEXT NOT NULL,
     url TEXT,
@@ -125,16 +126,21 @@ class StateStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def begin(self, name: str, provider: str, spec_hash: str, spec: dict[str, Any], status: str) -> None:
-        """Record the intent to create or change `name` on `provider` (before any provider call)."""
+    def begin(
+        self, name: str, provider: str, spec_hash: str, spec: dict[str, Any], status: str, secrets_digest: str = ""
+    ) -> None:
+        """Record the intent to create or change `name` on `provider` (before any provider call).
+
+        `secrets_digest` is a keyed digest of the secrets in use (keys.secrets_digest), so a
+        rotated key is noticed; it is not a secret and cannot be reversed without the key."""
         now = time.time()
         with self._tx():
             self._db.execute(
-                """INSERT INTO deployments VALUES (?,?,?,?,?,NULL,NULL,?,?)
+                """INSERT INTO deployments VALUES (?,?,?,?,?,?,NULL,NULL,?,?)
                    ON CONFLICT(name, provider) DO UPDATE SET
-                     spec_hash=excluded.spec_hash, spec_json=excluded.spec_json,
-                     status=excluded.status, updated_at=excluded.updated_at""",
-                (name, provider, spec_hash, json.dumps(spec, sort_keys=True), status, now, now),
+                     spec_hash=excluded.spec_hash, secrets_digest=excluded.secrets_digest,
+                     spec_json=excluded.spec_json, status=excluded.status, updated_at=excluded.updated_at""",
+                (name, provider, spec_hash, secrets_digest, json.dumps(spec, sort_keys=True), status, now, now),
             )
             self._event(name, provider, "begin", status)
 

@@ -192,3 +192,15 @@ def test_gc_finds_orphans_and_ghosts_and_cleans_both(clouds, tiny_model) -> None
     again = orch().gc("local")
     assert again["orphans"] == [] and again["ghosts"] == []
     orch().destroy("demo")
+
+
+def test_a_rotated_key_is_applied_not_reported_unchanged(clouds, tiny_model, monkeypatch) -> None:
+    spec = validate_spec({**make_spec(tiny_model).model_dump(mode="json"), "auth": {"api_key_env": "DEMO_KEY"}})
+    monkeypatch.setenv("DEMO_KEY", "first-key-value")
+    orch().deploy(spec)
+    assert orch().deploy(spec).action == "unchanged"
+    monkeypatch.setenv("DEMO_KEY", "second-key-value")
+    assert orch().deploy(spec).action == "updated"
+    state_bytes = (Settings().home / "state.db").read_bytes()
+    assert b"first-key-value" not in state_bytes and b"second-key-value" not in state_bytes
+    orch().destroy("demo")

@@ -8,6 +8,7 @@ return), `kill_after_create` (SIGKILL this process right after the cloud has the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -58,12 +59,18 @@ class FakeProvider:
         return next(((i, s) for i, s in self.cloud.load().items() if s["name"] == resource_name(name)), None)
 
     def apply(self, spec: Spec, secrets: Secrets, current: Deployment | None, record: Recorder) -> Endpoint:
+        argv = serve_argv(spec, api_key=secrets.api_key)
+        digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()
         found = self._find(spec.name)  # a create whose response was lost is found again by name
+        if found is not None and found[1]["argv_sha"] != digest:  # new settings: replace the server
+            self.destroy(Deployment(name=spec.name, provider=self.name, spec=None))
+            found = None
         if found is None:
-            engine = launch_vllm(serve_argv(spec, api_key=secrets.api_key), log_path=self.log_dir / f"{spec.name}.log")
+            engine = launch_vllm(argv, log_path=self.log_dir / f"{spec.name}.log")
             data = self.cloud.load()
             server_id = f"srv-{engine.proc.pid}"
-            data[server_id] = {"name": resource_name(spec.name), "pid": engine.proc.pid, "port": engine.port}
+            data[server_id] = {"name": resource_name(spec.name), "pid": engine.proc.pid, "port": engine.port,
+                               "argv_sha": digest}
             self.cloud.save(data)
             self.creates += 1
             found = (server_id, data[server_id])
