@@ -170,8 +170,11 @@ def plan(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bool
     for path, text in result.artifacts.files.items():
         out.print(f"\n[cyan]file {_escape(path)}[/]")
         out.print(text.rstrip("\n"), markup=False)
-    for key, value in extras.items():
-        out.print(f"\n[bold]{key}[/]: {_escape(jsonlib.dumps(value, default=str))}")
+    if extras:
+        from .costing.cli import render_plan_extras
+
+        out.print()
+        render_plan_extras(extras, out)
 
 
 def _plan_extras(spec: Any) -> dict[str, Any]:
