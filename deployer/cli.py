@@ -30,9 +30,9 @@ JSON = typer.Option(False, "--json", help="Print one JSON document on stdout and
 
 
 def _stderr() -> Any:
-    from rich.console import Console
+    from .console import stderr_console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return stderr_console()
 
 
 def _emit_json(doc: Any) -> None:
@@ -226,9 +226,9 @@ def deploy(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bo
 
 
 def _out() -> Any:
-    from rich.console import Console
+    from .console import stdout_console
 
-    return Console(highlight=False, soft_wrap=True)
+    return stdout_console()
 
 
 @app.command()

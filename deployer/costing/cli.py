@@ -37,9 +37,9 @@ def register(app: typer.Typer) -> None:
 
             sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
             return
-        from rich.console import Console
+        from deployer.console import stdout_console
 
-        render(doc, Console(highlight=False))
+        render(doc, stdout_console())
 
 
 def validate_flags(requests_per_hour: float | None, seconds_per_request: float | None,
