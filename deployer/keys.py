@@ -18,6 +18,8 @@ from .provider import Secrets
 from .settings import Settings
 from .spec import Spec
 
+MIN_KEY_LENGTH = 16  # a shorter endpoint key is refused: the endpoint would be as good as open
+
 
 def key_path(settings: Settings, name: str) -> Path:
     return settings.home / "keys" / f"{name}.key"
@@ -41,6 +43,12 @@ def endpoint_key(spec: Spec, settings: Settings, *, create: bool) -> str | None:
             raise InputError(
                 f"auth.api_key_env names ${spec.auth.api_key_env}, which is not set",
                 hint=f"export {spec.auth.api_key_env}=... or remove auth.api_key_env to have a key generated",
+            )
+        if len(value) < MIN_KEY_LENGTH or value != value.strip():
+            raise InputError(
+                f"${spec.auth.api_key_env} is too weak to protect an endpoint (at least {MIN_KEY_LENGTH} "
+                "characters, no surrounding spaces)",
+                hint="use a long random key, or remove auth.api_key_env to have one generated",
             )
         return value
     path = key_path(settings, spec.name)

@@ -22,6 +22,9 @@ from .state import StateStore, lock
 Progress = Callable[[str], None]
 GONE = frozenset({"gone", "dead"})
 """Status words meaning nothing of the deployment exists at the provider any more."""
+READY = frozenset({"ready", "idle"})
+"""Status words of a healthy deployment (`idle`: serverless, scaled to zero, answers on demand)."""
+"""Status words meaning nothing of the deployment exists at the provider any more."""
 
 
 def _quiet(_: str) -> None:
@@ -108,7 +111,7 @@ class Orchestrator:
                     and same["status"] == "ready"):
                 current = self.state.deployment(same)
                 report = provider.status(current)
-                if report.state == "ready" and not others:
+                if report.state in READY and not others:
                     self.progress("unchanged: the deployment already matches the spec")
                     return self._result(spec, "unchanged", current, same["key_source"])
 

@@ -81,3 +81,12 @@ def test_help_plan_and_status_do_not_import_heavy_sdks(home: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
                               env={"DEPLOYER_HOME": str(home), "PATH": "/usr/bin:/bin"})
         assert proc.stderr.strip().splitlines()[-1:] in ([], [""]), (args, proc.stderr[-500:])
+
+
+def test_a_weak_endpoint_key_is_refused_before_anything_is_created(cli, home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "weak.yaml"
+    spec.write_text(f"name: weak\nmodel: {{id: {REPO / '.cache' / 'tiny-model'}}}\nauth: {{api_key_env: WEAK_KEY}}\n")
+    result = cli("deploy", str(spec), env={"WEAK_KEY": "short"})
+    assert result.code == 2
+    assert "$WEAK_KEY is too weak to protect an endpoint" in result.err
+    assert not (home / "state.db").exists() or cli("list", "--json").json() == []

@@ -196,11 +196,11 @@ def test_gc_finds_orphans_and_ghosts_and_cleans_both(clouds, tiny_model) -> None
 
 def test_a_rotated_key_is_applied_not_reported_unchanged(clouds, tiny_model, monkeypatch) -> None:
     spec = validate_spec({**make_spec(tiny_model).model_dump(mode="json"), "auth": {"api_key_env": "DEMO_KEY"}})
-    monkeypatch.setenv("DEMO_KEY", "first-key-value")
+    monkeypatch.setenv("DEMO_KEY", "first-key-value-0123456789")
     orch().deploy(spec)
     assert orch().deploy(spec).action == "unchanged"
-    monkeypatch.setenv("DEMO_KEY", "second-key-value")
+    monkeypatch.setenv("DEMO_KEY", "second-key-value-0123456789")
     assert orch().deploy(spec).action == "updated"
     state_bytes = (Settings().home / "state.db").read_bytes()
-    assert b"first-key-value" not in state_bytes and b"second-key-value" not in state_bytes
+    assert b"first-key-value-0123456789" not in state_bytes and b"second-key-value-0123456789" not in state_bytes
     orch().destroy("demo")

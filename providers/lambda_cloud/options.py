@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from deployer.validators import pinned_image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The vLLM OpenAI server image, pinned to the vLLM release whose flags the tests check.
@@ -100,7 +101,4 @@ class Options(BaseModel):
     @field_validator("image")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        name, _, tag = value.rpartition(":")
-        if "@sha256:" not in value and (not name or "/" in tag or tag == "latest"):
-            raise ValueError(f"pin the image to a release tag or digest, not {value!r}")
-        return value
+        return pinned_image(value, "the image")

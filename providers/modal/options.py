@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from deployer.validators import pinned_image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # vLLM release installed in the image: the one whose flags the tests check against.
@@ -82,7 +83,4 @@ class Options(BaseModel):
     @field_validator("base_image")
     @classmethod
     def _pinned(cls, value: str) -> str:
-        name, _, tag = value.rpartition(":")
-        if "@sha256:" not in value and (not name or "/" in tag or tag == "latest"):
-            raise ValueError(f"pin the base image to a tag or digest, not {value!r}")
-        return value
+        return pinned_image(value, "the base image")

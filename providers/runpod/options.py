@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployer.gpus import GPUS
+from deployer.validators import pinned_image
 
 WORKER_IMAGE = "runpod/worker-v1-vllm:v2.25.2"
 """RunPod's vLLM worker, pinned (v2.25.2 runs vLLM 0.27.1 and needs CUDA 13.0 hosts)."""
@@ -57,6 +58,11 @@ class Options(BaseModel):
             if name not in GPUS:
                 raise ValueError(f"unknown GPU {name!r}; one of: {', '.join(GPUS)}")
         return value
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        return pinned_image(value, "the worker image")
 
     @field_validator("pools")
     @classmethod
