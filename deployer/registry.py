@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from providers import BACKENDS
@@ -39,6 +40,18 @@ def _package(name: str) -> str:
 def options_model(name: str) -> type[BaseModel]:
     """The pydantic model of `providers.<name>` in a spec."""
     return importlib.import_module(_package(name) + ".options").Options
+
+
+def optional_module(name: str, module: str) -> ModuleType | None:
+    """`<backend package>.<module>` of backend `name` (e.g. its `pricing`), or None when the
+    backend has no such module. Errors inside the module propagate."""
+    qualified = f"{_package(name)}.{module}"
+    try:
+        return importlib.import_module(qualified)
+    except ModuleNotFoundError as exc:
+        if exc.name == qualified:
+            return None
+        raise
 
 
 def load(name: str, settings: Settings) -> Provider:

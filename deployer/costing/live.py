@@ -14,7 +14,6 @@ call never fails the command: it becomes a note and the shipped figures stay.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,18 +23,11 @@ Records = list[dict[str, Any]]
 
 def pricing_module(provider: str) -> Any | None:
     """`<backend package>.pricing` for `provider`, or None when the backend has none."""
-    from providers import BACKENDS
+    from deployer import registry
 
-    package = BACKENDS.get(provider)
-    if package is None:
+    if provider not in registry.names():
         return None
-    name = f"{package}.pricing"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name in (name, package):
-            return None
-        raise
+    return registry.optional_module(provider, "pricing")
 
 
 def _one(provider: str, timeout: float) -> tuple[Records | None, str | None]:
