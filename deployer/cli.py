@@ -324,9 +324,13 @@ def gc(
     for entry in report["orphans"]:
         table.add_row("[red]orphan[/]", entry["provider"], f"{entry['kind']} {entry['id']}", entry["deployment"] or "?")
     for entry in report["ghosts"]:
-        table.add_row("[yellow]ghost[/]", entry["provider"], "(gone)", entry["deployment"])
+        left = ", ".join(f"{x['kind']} {x['id']}" for x in entry["left"])
+        table.add_row("[yellow]ghost[/]", entry["provider"], f"(gone; left: {left})" if left else "(gone)",
+                      entry["deployment"])
     for entry in report["healthy"]:
         table.add_row("[green]healthy[/]", entry["provider"], f"{entry['kind']} {entry['id']}", entry["deployment"] or "?")
+    for entry in report["shared"]:
+        table.add_row("[dim]shared[/]", entry["provider"], f"{entry['kind']} {entry['id']}", "(kept: shared cache)")
     out = _out()
     out.print(table)
     for entry in report["skipped"]:

@@ -20,11 +20,11 @@ from .spec import Spec
 from .state import StateStore, lock
 
 Progress = Callable[[str], None]
-GONE = frozenset({"gone", "dead"})
-"""Status words meaning nothing of the deployment exists at the provider any more."""
+GONE = frozenset({"gone", "dead", "stopped"})
+"""Status words meaning nothing of the deployment exists at the provider any more (`stopped`:
+Modal's final state of an app; a stopped app never serves again)."""
 READY = frozenset({"ready", "idle"})
 """Status words of a healthy deployment (`idle`: serverless, scaled to zero, answers on demand)."""
-"""Status words meaning nothing of the deployment exists at the provider any more."""
 
 
 def _quiet(_: str) -> None:
@@ -232,41 +232,78 @@ class Orchestrator:
         """Compare what each provider holds under our prefix/tags with the state.
 
         Returns {"orphans": in the provider but not in state, "ghosts": in state but gone from
-        the provider, "healthy": both, "skipped": providers without credentials}. With `apply`,
-        orphans are destroyed (verified) and ghosts forgotten. Providers are asked only when
-        they have credentials.
+        the provider (each with what it `left` behind, e.g. a firewall ruleset), "healthy": both,
+        "shared": ours but belonging to no deployment (caches; never destroyed), "skipped":
+        providers without credentials}. With `apply`, orphans are destroyed (verified) and ghosts
+        destroyed (what is left) and forgotten, each under its deployment's lock. Providers are
+        asked only when they have credentials.
         """
         rows = self.state.rows() if self.state_exists() else []
-        report: dict[str, list[dict[str, Any]]] = {"orphans": [], "ghosts": [], "healthy": [], "skipped": []}
+        report: dict[str, list[dict[str, Any]]] = {
+            "orphans": [], "ghosts": [], "healthy": [], "shared": [], "skipped": []}
         for name in [only] if only else registry.names():
             provider = self.provider(name)
             if not provider.has_credentials():
                 report["skipped"].append({"provider": name, "reason": "no credentials"})
                 continue
             mine = [r for r in rows if r["provider"] == name]
-            known = {(res.kind, res.id) for row in mine for res in row["resources"]}
-            for owned in provider.list_owned():
+            try:  # one provider failing (unreachable, bad key) must not hide the others
+                ghosts = {row["name"]: {"provider": name, "deployment": row["name"], "left": []} for row in mine
+                          if provider.status(self.state.deployment(row)).state in GONE}
+                owned_now = provider.list_owned()
+            except DeployerError as exc:
+                report["skipped"].append({"provider": name, "reason": exc.message})
+                continue
+            owner = {(res.kind, res.id): row["name"] for row in mine for res in row["resources"]}
+            for owned in owned_now:
                 entry = {"provider": name, "kind": owned.kind, "id": owned.id, "deployment": owned.deployment,
                          "details": owned.details}
-                report["healthy" if (owned.kind, owned.id) in known else "orphans"].append(entry)
-            for row in mine:
-                if provider.status(self.state.deployment(row)).state in GONE:
-                    report["ghosts"].append({"provider": name, "deployment": row["name"]})
+                recorded_by = owner.get((owned.kind, owned.id))
+                if owned.deployment is None and recorded_by is None:
+                    report["shared"].append(entry)
+                elif recorded_by is None:
+                    report["orphans"].append(entry)
+                elif recorded_by in ghosts:
+                    ghosts[recorded_by]["left"].append(entry)
+                else:
+                    report["healthy"].append(entry)
+            report["ghosts"] += ghosts.values()
         if apply:
             for entry in report["orphans"]:
                 self._destroy_orphan(entry)
             for entry in report["ghosts"]:
-                with lock(self.settings.ensure_home(), entry["deployment"]):
-                    self.state.forget(entry["deployment"], entry["provider"])
+                self._forget_ghost(entry)
         return report
 
     def _destroy_orphan(self, entry: dict[str, Any]) -> None:
+        """Destroy one orphan, unless a deploy recorded it meanwhile. Adapters also look their
+        resources up by deployment name; when that name is recorded on this provider (a second
+        resource beside a healthy one), the name is withheld so that only this resource goes."""
         provider = self.provider(entry["provider"])
-        self.progress(f"destroying orphan {entry['kind']} {entry['id']} on {entry['provider']}")
-        provider.destroy(Deployment(
-            name=entry["deployment"] or "", provider=entry["provider"], spec=None,
-            resources=[Resource(kind=entry["kind"], id=entry["id"])],
-        ))
+        name = entry["deployment"] or ""
+        with lock(self.settings.ensure_home(), name or "-"):
+            rows = [r for r in self.state.rows(name) if r["provider"] == entry["provider"]] if name else []
+            if any((res.kind, res.id) == (entry["kind"], entry["id"]) for r in rows for res in r["resources"]):
+                return  # a deploy recorded it after the scan: not an orphan any more
+            self.progress(f"destroying orphan {entry['kind']} {entry['id']} on {entry['provider']}")
+            provider.destroy(Deployment(
+                name="" if rows else name, provider=entry["provider"], spec=None,
+                resources=[Resource(kind=entry["kind"], id=entry["id"])],
+            ))
+
+    def _forget_ghost(self, entry: dict[str, Any]) -> None:
+        """Destroy what a ghost left behind (idempotent, verified) and forget it, unless a deploy
+        brought it back meanwhile."""
+        with lock(self.settings.ensure_home(), entry["deployment"]):
+            row = next((r for r in self.state.rows(entry["deployment"]) if r["provider"] == entry["provider"]), None)
+            if row is None:
+                return
+            if self.provider(row["provider"]).status(self.state.deployment(row)).state not in GONE:
+                return
+            self.progress(f"forgetting the ghost {row['name']} on {row['provider']}")
+            self._destroy_row(row)
+            if not self.state.rows(row["name"]):
+                keys.forget_generated_key(self.settings, row["name"])
 
     def logs(self, name: str, follow: bool) -> Iterator[str]:
         rows = self.state.rows(name) if self.state_exists() else []

@@ -33,8 +33,12 @@ RESERVED_ENGINE_ARGS = {
     "quantization": "model.quantization",
     "tensor-parallel-size": "resources.count",
     "api-key": "auth",
+    "hf-token": "secrets.hf_token_env (a token in the spec would land in state and plan output)",
     "host": "(chosen by the provider)",
     "port": "(chosen by the provider)",
+    # vLLM's key check strips the root path before it looks for /v1: `/` or `/v` lets /v1 through unkeyed
+    "root-path": "(the provider; a root path would let requests past vLLM's API key check)",
+    "middleware": "deployer (its key guard on every route is the only middleware vLLM loads)",
 }
 
 

@@ -32,8 +32,12 @@ def pid_alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_deploy_chat_redeploy_kill_recover_destroy(cli, home: Path, tiny_model: Path) -> None:
-    outputs = []
+def test_deploy_chat_redeploy_kill_recover_destroy(cli, home: Path, tiny_model: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    hf_token = "hf_SENTINEL_local_e2e_" + os.urandom(6).hex()  # must show up nowhere either
+    monkeypatch.setenv("HF_TOKEN", hf_token)
+    outputs = [cli("plan", LOCAL_TINY, "--json")]
+    assert outputs[0].code == 0, outputs[0]
     deployed = cli("deploy", LOCAL_TINY, "--json")
     outputs.append(deployed)
     assert deployed.code == 0, deployed
@@ -78,12 +82,13 @@ def test_deploy_chat_redeploy_kill_recover_destroy(cli, home: Path, tiny_model: 
     assert not pid_alive(new_pid) and not port_open(new_port)
     assert cli("list", "--json").json() == []
 
-    # The key appeared nowhere: not in state, logs, rendered files or any output.
+    # The key and the HF token appeared nowhere: not in state, logs, rendered files or any output.
     for path in home.rglob("*"):
         if path.is_file() and path.suffix != ".key":
-            assert key.encode() not in path.read_bytes(), path
+            assert key.encode() not in path.read_bytes() and hf_token.encode() not in path.read_bytes(), path
     for result in outputs + [logs, status, dead]:
-        assert key not in result.out and key not in result.err
+        for secret in (key, hf_token):
+            assert secret not in result.out and secret not in result.err
 
 
 def test_a_server_that_dies_while_starting_fails_the_deploy_fast(cli, home: Path, tmp_path: Path) -> None:

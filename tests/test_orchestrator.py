@@ -204,3 +204,21 @@ def test_a_rotated_key_is_applied_not_reported_unchanged(clouds, tiny_model, mon
     state_bytes = (Settings().home / "state.db").read_bytes()
     assert b"first-key-value-0123456789" not in state_bytes and b"second-key-value-0123456789" not in state_bytes
     orch().destroy("demo")
+
+
+def test_gc_reports_a_failing_provider_and_still_scans_the_others(clouds, tiny_model) -> None:
+    from deployer.errors import ProviderError
+
+    def unreachable() -> list:
+        raise ProviderError("runpod", "cannot reach https://api.runpod.io/v2 (ConnectError)")
+
+    orch().deploy(make_spec(tiny_model))
+    reachable = clouds["runpod"].list_owned
+    clouds["runpod"].list_owned = unreachable
+    try:
+        report = orch().gc()
+    finally:
+        clouds["runpod"].list_owned = reachable
+    assert {"provider": "runpod", "reason": "runpod: cannot reach https://api.runpod.io/v2 (ConnectError)"} in report["skipped"]
+    assert [e["deployment"] for e in report["healthy"]] == ["demo"]
+    orch().destroy("demo")

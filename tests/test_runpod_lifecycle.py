@@ -146,7 +146,7 @@ def test_a_scan_finds_what_the_state_lost(runpod_emulator: RunPodEmulator) -> No
     provider.apply(spec, Secrets(api_key="x"), None, lambda kind, id, **extra: None)  # found by name: no second
     assert len(emu.endpoints()) == 1 and len(emu.calls(method="POST")) == 1
     owned = provider.list_owned()
-    assert {(o.kind, o.deployment) for o in owned} == {("endpoint", "lost"), ("template", "lost")}
+    assert {(o.kind, o.deployment) for o in owned} == {("endpoint", "lost")}  # its bound template goes with it
     provider.destroy(Deployment(name="lost", provider="runpod", spec=None))
     assert emu.leftovers() == []
     assert provider.list_owned() == []

@@ -18,6 +18,7 @@ All calls are paced by one process-wide limiter (about 1/s, launches 1 per 12 s)
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import subprocess
@@ -107,7 +108,14 @@ class Provider:
         placeholders. Raises InputError when no Lambda instance type fits the spec."""
         opts = spec.options("lambda")
         types = allowed_types(spec)
-        region = opts.regions[0] if opts.regions else REGION_PLACEHOLDER
+        usable = [r for r in opts.regions if not (_restricted(spec) and r in FIREWALL_FREE_REGIONS)]
+        if opts.regions and not usable:
+            raise InputError(
+                f"providers.lambda.regions is only {', '.join(opts.regions)}, where Lambda applies no firewall "
+                "rules, so allowed_cidrs / ssh_cidrs could not be enforced",
+                hint="add a region with firewall rules (e.g. us-east-1), or drop the network restriction",
+            )
+        region = usable[0] if usable else REGION_PLACEHOLDER
         try:
             user_data = cloud_init.render_user_data(spec, secrets)
         except ValueError as exc:
@@ -127,7 +135,10 @@ class Provider:
         arm = [t for t in types if (known := known_type(t)) is not None and known.arch == "arm64"]
         if arm:
             notes.append(f"{', '.join(arm)} is an arm64 machine: {opts.image} must have an arm64 variant")
-        if not opts.regions or any(r in FIREWALL_FREE_REGIONS for r in opts.regions):
+        if _restricted(spec):
+            notes.append(f"{', '.join(FIREWALL_FREE_REGIONS)} is skipped: Lambda applies no firewall rules there, "
+                         "and allowed_cidrs / ssh_cidrs restrict access")
+        elif not opts.regions or any(r in FIREWALL_FREE_REGIONS for r in opts.regions):
             notes.append("Lambda applies no firewall rules in us-south-1: there the port is open to all "
                          "(the API key still protects it); set providers.lambda.regions to avoid it")
         if opts.filesystem:
@@ -246,6 +257,13 @@ class Provider:
                 problems.append(f"{name} has {offer.gpus}x {offer.gpu_description}, not {count}x {gpu}")
                 continue
             regions = [r for r in opts.regions if r in offer.regions] if opts.regions else list(offer.regions)
+            unwalled = [r for r in regions if r in FIREWALL_FREE_REGIONS]
+            if _restricted(spec) and unwalled:  # the ruleset would not apply: the port would be open to all
+                regions = [r for r in regions if r not in unwalled]
+                if not regions:
+                    problems.append(f"{name}: capacity only in {', '.join(unwalled)}, where Lambda applies no "
+                                    "firewall rules (allowed_cidrs / ssh_cidrs restrict access)")
+                    continue
             if not regions:
                 problems.append(f"{name}: no capacity in {', '.join(opts.regions) or 'any region'}")
             out += [Candidate(name, r, offer.price_cents_per_hour) for r in regions]
@@ -257,12 +275,12 @@ class Provider:
             )
         return out
 
-    def _launch(self, body: dict, deployment: str, attempts: int = 3) -> str:
+    def _launch(self, body: dict, deployment: str, attempts: int = 5) -> str:
         """Launch once; when the answer is lost (network, 429, 5xx) look the instance up by name
         before trying again, so a lost response never makes two VMs."""
         api = self.api()
         last: ProviderError | None = None
-        for _ in range(attempts):
+        for attempt in range(attempts):
             try:
                 return api.launch(body)
             except ProviderError as exc:
@@ -272,22 +290,41 @@ class Provider:
             found = self._live_instances(deployment)
             if found:
                 return found[0].id
-            time.sleep(self.api().settings.retry_backoff)
+            if attempt < attempts - 1:
+                self._pause(last, attempt, launch=True)
         assert last is not None
         raise last
 
+    def _pause(self, exc: ProviderError, attempt: int, *, launch: bool = False) -> None:
+        """Wait before trying a create again. A 429 means the account's limit was reached, and
+        other deployer processes share it (each paces only itself): wait the documented interval,
+        with jitter so that they do not collide again. Otherwise the retry backoff."""
+        settings = self.api().settings
+        if exc.status == 429:
+            interval = settings.launch_interval if launch else settings.rate_interval * 2 ** attempt
+            time.sleep(interval * (1 + random.random() / 2))
+        else:
+            time.sleep(settings.retry_backoff)
+
     def _create_once(self, lookup: Callable[[], T | None], create: Callable[[], T]) -> T:
-        """`create`, unless `lookup` finds the thing; after a lost answer, look again first."""
+        """`create`, unless `lookup` finds the thing; after a lost answer, look again first. A
+        refusal (4xx) is looked up once too: another deployer process may have just made it
+        (e.g. the shared SSH key, whose name then "already exists")."""
         found = lookup()
         if found is not None:
             return found
-        for attempt in range(3):
+        attempts = 5
+        for attempt in range(attempts):
             try:
                 return create()
             except ProviderError as exc:
-                if (exc.status is not None and exc.status < 500 and exc.status != 429) or attempt == 2:
+                refused = exc.status is not None and exc.status < 500 and exc.status != 429
+                if refused or attempt == attempts - 1:
+                    found = lookup()
+                    if found is not None:
+                        return found
                     raise
-            time.sleep(self.api().settings.retry_backoff)
+                self._pause(exc, attempt)
             found = lookup()
             if found is not None:
                 return found
@@ -556,6 +593,12 @@ class Provider:
         if code not in (0, -15):
             raise ProviderError("lambda", f"ssh ubuntu@{ip} failed (exit {code})",
                                 hint="cloud-init may still be running; try again in a minute")
+
+
+def _restricted(spec: Spec) -> bool:
+    """Whether the spec limits who may reach the VM (then only regions with firewall rules serve)."""
+    opts = spec.options("lambda")
+    return any("0.0.0.0/0" not in cidrs for cidrs in (opts.allowed_cidrs, opts.ssh_cidrs))
 
 
 def _scrubbed(exc: ProviderError, secrets: Secrets) -> ProviderError:

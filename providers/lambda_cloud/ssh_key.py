@@ -8,7 +8,9 @@ every later deploy from this machine finds and reuses it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,11 +39,24 @@ def local_public_key(settings: Settings) -> str:
                 hint="install OpenSSH, or name an existing Lambda key in providers.lambda.ssh_key_name",
             )
         private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        private.unlink(missing_ok=True)
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deployer", "-f", str(private)],
-            check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
-        )
+        # Several deploys may start at once from one DEPLOYER_HOME: one makes the pair, under a
+        # lock, in temporary files renamed into place (the public key last), so nobody reads or
+        # uploads half a pair.
+        fd = os.open(private.parent / ".keygen.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not public.exists():
+                tmp = private.with_name(f".{private.name}.{os.getpid()}")
+                for stale in (tmp, tmp.with_name(tmp.name + ".pub")):
+                    stale.unlink(missing_ok=True)
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deployer", "-f", str(tmp)],
+                    check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
+                )
+                os.replace(tmp, private)
+                os.replace(tmp.with_name(tmp.name + ".pub"), public)
+        finally:
+            os.close(fd)
     return public.read_text().strip()
 
 

@@ -256,23 +256,30 @@ class Provider:
     # -- status -----------------------------------------------------------------------------
 
     def status(self, deployment: Deployment) -> StatusReport:
-        """ready (workers up, or scaled to zero and able to start), starting, throttled, failed, or gone."""
+        """ready (workers up, or scaled to zero and able to start), starting, throttled, failed, or gone.
+        With no endpoint recorded (a deploy killed before RunPod answered its create), the endpoint
+        is looked up by name."""
         resource = deployment.resource("endpoint")
-        if resource is None:
-            return StatusReport("gone", {})
         with self._api() as api:
-            endpoint = api.get_endpoint(resource.id)
-            workers = api.workers(resource.id) if endpoint else None
+            if resource is None:
+                found = api.find_endpoints(resource_name(deployment.name))
+                if not found:
+                    return StatusReport("gone", {})
+                endpoint_id = found[0]["id"]
+            else:
+                endpoint_id = resource.id
+            endpoint = api.get_endpoint(endpoint_id)
+            workers = api.workers(endpoint_id) if endpoint else None
             if endpoint is None or workers is None:
-                return StatusReport("gone", {"endpoint": resource.id})
+                return StatusReport("gone", {"endpoint": endpoint_id})
             try:
-                health = api.health(resource.id)
+                health = api.health(endpoint_id)
             except ProviderError:
                 health = None
         summary = workers["summary"]
         scaling = endpoint.get("workers") or {}
         details: dict[str, Any] = {
-            "endpoint": resource.id,
+            "endpoint": endpoint_id,
             "workers": " ".join(f"{k}={summary[k]}" for k in WORKER_COUNTS),
             "min/max": f"{scaling.get('min')}/{scaling.get('max')}",
             "pools": ",".join((endpoint.get("gpu") or {}).get("pools") or []),
@@ -315,6 +322,8 @@ class Provider:
             for template in api.templates():
                 if owner_of(template.get("name", "")) == deployment.name:
                     api.delete_template(template["id"])
+            for template_id in [r.id for r in deployment.resources if r.kind == "template"]:
+                api.delete_template(template_id)  # a leftover `gc` names by id (404 = gone)
 
     def _drain(self, api: RunPodApi, ids: list[str]) -> None:
         """Wait until no worker is left on a GPU (running, initializing, idle or crash-looping; a
@@ -352,7 +361,8 @@ class Provider:
     # -- scan and logs ----------------------------------------------------------------------
 
     def list_owned(self) -> list[Owned]:
-        """Endpoints (and templates) whose name carries our prefix. Needs the API key."""
+        """Endpoints whose name carries our prefix, and templates left behind by endpoints that are
+        gone. (A live endpoint's bound template is part of it: DELETE removes both.) Needs the API key."""
         owned: list[Owned] = []
         with self._api() as api:
             for endpoint in api.list_endpoints():
@@ -361,9 +371,10 @@ class Provider:
                     scaling = endpoint.get("workers") or {}
                     owned.append(Owned(PROVIDER, "endpoint", endpoint["id"], owner,
                                        {"name": endpoint["name"], "workers": f"{scaling.get('min')}/{scaling.get('max')}"}))
+            with_endpoint = {o.deployment for o in owned}
             for template in api.templates():
                 owner = owner_of(template.get("name", ""))
-                if owner:
+                if owner and owner not in with_endpoint:
                     owned.append(Owned(PROVIDER, "template", template["id"], owner, {"name": template["name"]}))
         return owned
 
@@ -425,8 +436,8 @@ class Provider:
             stop.set()
 
     def _scrub(self, deployment: Deployment, text: str) -> str:
-        """`text` without the RunPod key or the local HF token (the worker logs its vLLM command line,
-        which carries --hf-token once RunPod has resolved the secret)."""
+        """`text` without the RunPod key, the local HF token, or whatever token follows --hf-token (the
+        worker logs its vLLM command line, which carries the value RunPod resolved from the secret)."""
         values = []
         if self.runpod.api_key is not None:
             values.append(self.runpod.api_key.get_secret_value())
@@ -441,8 +452,12 @@ class Provider:
             return False
 
 
+# The token RunPod resolved from the account secret, which deployer may never have seen.
+_HF_TOKEN_IN_LOG = re.compile(r"(--hf-token[ =]|HF_TOKEN=)(\S+)")
+
+
 def _hide(text: str, values: list[str]) -> str:
     for value in values:
         if value and len(value) >= 6:
             text = text.replace(value, "<redacted>")
-    return text
+    return _HF_TOKEN_IN_LOG.sub(lambda m: m[1] + "<redacted>", text)

@@ -5,7 +5,9 @@
 It is strict where vLLM is: every flag must exist in the installed vLLM's parser (table from
 tests.support.engine.vllm_flag_table), choices are checked, the model directory must hold a
 config.json, `model` in a request must be the served name, and /v1 routes need the key when
---api-key is given. Unknown flags exit with code 2, as argparse does in vLLM.
+--api-key is given. As in vLLM, routes outside /v1 need none: /health, the dev-mode /sleep and
+/wake_up, and POST /invocations (SageMaker's route, serving completions and chats). Unknown
+flags exit with code 2, as argparse does in vLLM.
 
 Environment knobs for fault injection: STUB_ENGINE_STARTUP_S (delay before listening, default
 0.2), STUB_ENGINE_EXIT_CODE (exit with it instead of serving: a crash loop).
@@ -81,6 +83,7 @@ def serve(opts: dict) -> None:
             sys.stderr.write("stub-vllm: " + (fmt % args) + "\n")
 
         def _send(self, status: int, body: object) -> None:
+            self._body()  # an unread request body would be taken for the next request on this connection
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -97,8 +100,10 @@ def serve(opts: dict) -> None:
             return False
 
         def _body(self) -> dict:
-            length = int(self.headers.get("Content-Length") or 0)
-            return json.loads(self.rfile.read(length) or b"{}")
+            if getattr(self, "_body_of", None) is not self.headers:  # once per request (keep-alive)
+                length = int(self.headers.get("Content-Length") or 0)
+                self._body_of, self._read = self.headers, json.loads(self.rfile.read(length) or b"{}")
+            return self._read
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/health":
@@ -120,11 +125,16 @@ def serve(opts: dict) -> None:
             if dev_mode and self.path == "/wake_up":
                 state["sleeping"] = False
                 return self._send(200, {})
+            if self.path == "/invocations":  # SageMaker's route: outside /v1, so vLLM asks no key
+                body = self._body()
+                return self._generate("/v1/chat/completions" if "messages" in body else "/v1/completions", body)
             if not self._authorized():
                 return
             if self.path not in ("/v1/completions", "/v1/chat/completions"):
                 return self._send(404, {"detail": "Not Found"})
-            body = self._body()
+            self._generate(self.path, self._body())
+
+        def _generate(self, route: str, body: dict) -> None:
             if body.get("model") != served:
                 return self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
                                                   "type": "NotFoundError", "param": "model", "code": 404}})
@@ -134,7 +144,7 @@ def serve(opts: dict) -> None:
             text = " ".join(["stub"] * n)
             usage = {"prompt_tokens": 4, "completion_tokens": n, "total_tokens": 4 + n}
             now = int(time.time())
-            if self.path == "/v1/completions":
+            if route == "/v1/completions":
                 return self._send(200, {"id": "cmpl-stub", "object": "text_completion", "created": now, "model": served,
                                         "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}],
                                         "usage": usage})

@@ -107,6 +107,7 @@ class LambdaCloud:
             for region in item["regions_with_capacity_available"]:
                 self.regions[region["name"]] = region["description"]
         self.phantom: set[tuple[str, str]] = set()  # listed with capacity, yet launch says insufficient
+        self.terminate_seconds: float = TERMINATE_SECONDS  # emulated; raise it for a termination that lags
         self.max_instances: int | None = None
         self.instances: dict[str, Instance] = {}
         self.ssh_keys: dict[str, dict[str, str]] = {}
@@ -396,7 +397,7 @@ class LambdaCloud:
             for inst in targets:
                 if inst.status not in ("terminating", "terminated"):
                     inst.status = "terminating"
-                    inst.due = self.after(TERMINATE_SECONDS)
+                    inst.due = self.after(self.terminate_seconds)
                     self._stop_guest(inst)
             return {"terminated_instances": [self.instance_json(i) for i in targets]}
 

@@ -73,11 +73,11 @@ class LambdaTestbed:
 
 def start_testbed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, real_engine: bool | None = None,
-    engine_env: dict[str, str] | None = None,
+    engine_env: dict[str, str] | None = None, api_key: str | None = None,
 ) -> LambdaTestbed:
     emulator = LambdaEmulator(
         tmp_path / "lambda-emulator", speed=SPEED, strict_limits=(RATE_INTERVAL, LAUNCH_INTERVAL),
-        real_engine=real_engine, engine_env=engine_env,
+        real_engine=real_engine, engine_env=engine_env, api_key=api_key,
     ).start()
     home = tmp_path / "deployer-home"
     env = {

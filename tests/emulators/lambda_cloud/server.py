@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -68,12 +68,21 @@ class Fault:
 
 
 @dataclass
+class Hold:
+    method: str
+    template: str
+    seconds: float
+    count: int
+
+
+@dataclass
 class Call:
     at: float
     method: str
     path: str  # without the /api/v1 prefix
     status: int
     body: Any  # the request body (tests only; holds user_data)
+    headers: dict[str, str] = field(default_factory=dict)  # as received (tests scan them for secrets)
 
 
 class LambdaEmulator:
@@ -101,6 +110,7 @@ class LambdaEmulator:
         self.calls: list[Call] = []
         self.too_many = 0
         self._faults: list[Fault] = []
+        self._holds: list[Hold] = []
         self._last = {"launch": -math.inf}
         self._recent: list[float] = []
         self._lock = threading.Lock()
@@ -142,6 +152,25 @@ class LambdaEmulator:
         """Answer the next `count` matching requests with `status`; with `after`, do the work first."""
         with self._lock:
             self._faults.append(Fault(method, template, status, count, after))
+
+    def hold(self, method: str, template: str, seconds: float, *, count: int = 1) -> None:
+        """Do the work of the next `count` matching requests, then hold each answer `seconds` (a slow
+        answer: a client whose timeout is shorter gives up after Lambda acted; one killed meanwhile
+        never learns what was made)."""
+        with self._lock:
+            self._holds.append(Hold(method, template, seconds, count))
+
+    def pending_faults(self, status: int | None = None) -> int:
+        """Injected faults (of `status`, when given) and holds not yet used up."""
+        with self._lock:
+            faults = sum(f.count for f in self._faults if status is None or f.status == status)
+            return faults + (sum(h.count for h in self._holds) if status is None else 0)
+
+    def clear_faults(self) -> None:
+        """Forget injected faults and holds not yet used up (an outage is over)."""
+        with self._lock:
+            self._faults.clear()
+            self._holds.clear()
 
     def calls_to(self, method: str, path: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and c.path == path]
@@ -190,9 +219,12 @@ class LambdaEmulator:
             self._violation(*problems)
             status, out = 500, {"error": {"code": "global/internal-error", "message": "emulator response invalid"}}
         with self._lock:
-            self.calls.append(Call(now, method, short or path, status, body))
+            self.calls.append(Call(now, method, short or path, status, body, headers=dict(headers.items())))
             if status == 429:
                 self.too_many += 1
+        held = self._take_hold(method, route.template) if route is not None and status < 400 else None
+        if held is not None:
+            time.sleep(held.seconds)
         return status, out, {}
 
     def _authorized(self, header: str | None) -> bool:
@@ -241,6 +273,14 @@ class LambdaEmulator:
                     return fault
         return None
 
+    def _take_hold(self, method: str, template: str) -> Hold | None:
+        with self._lock:
+            for held in self._holds:
+                if held.method == method and held.template == template and held.count > 0:
+                    held.count -= 1
+                    return held
+        return None
+
     def _violation(self, *problems: str) -> None:
         with self._lock:
             self.violations.extend(problems)
@@ -267,12 +307,15 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         status, out, extra = self.emulator.handle(self.command, self.path, self.headers, raw)
         payload = json.dumps(out).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for key, value in extra.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up or died (a held answer)
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve

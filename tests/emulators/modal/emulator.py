@@ -122,8 +122,19 @@ class ModalEmulator:
 
     # -- faults and inspection ------------------------------------------------------------
 
-    def fail_next(self, rpc: str, status: Status, message: str) -> None:
-        self.control.fail_next(rpc, status, message)
+    def fail_next(self, rpc: str, status: Status, message: str, *, retry_after: float | None = None) -> None:
+        self.control.fail_next(rpc, status, message, retry_after=retry_after)
+
+    def answer_late(self, rpc: str, seconds: float = 0.0, *, status: Status | None = None, message: str = "") -> None:
+        """The next `rpc` acts, then its answer is held `seconds` (and with `status`, lost: that error
+        is answered instead)."""
+        self.control.answer_late(rpc, seconds, status=status, message=message)
+
+    def pending_faults(self) -> int:
+        return self.control.pending_faults()
+
+    def clear_faults(self) -> None:
+        self.control.clear_faults()
 
     def requests(self, rpc: str) -> list[Any]:
         """Every request message of `rpc` received so far, in order."""

@@ -90,10 +90,16 @@ def rpc(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Aw
         self._check_token(stream.metadata, name)
         with self.lock:
             self.requests.append((name, request))
+            self.metadata.append((name, {str(k): str(v) for k, v in dict(stream.metadata or {}).items()}))
         fault = self._take_fault(name)
         if fault is not None:
             raise fault
         response = await method(self, request)
+        hold, lost = self._take_after(name)
+        if hold:
+            await asyncio.sleep(hold)  # acted; the answer is late (or never arrives: the client died)
+        if lost is not None:
+            raise lost  # acted; the client sees an error instead of the answer
         await stream.send_message(response)
 
     handler.__name__ = method.__name__
@@ -111,7 +117,9 @@ class ModalControlPlane(ModalClientBase):
         self._on_publish, self._on_stop, self._web_url, self._logs = on_publish, on_stop, web_url, logs
         self._running_tasks = running_tasks
         self.requests: list[tuple[str, Any]] = []
+        self.metadata: list[tuple[str, dict[str, str]]] = []  # (rpc, request metadata), for secret scans
         self.faults: dict[str, list[GRPCError]] = {}
+        self.after_faults: dict[str, list[tuple[float, GRPCError | None]]] = {}  # act, then (hold, fail)
         self.environments: dict[str, str] = {DEFAULT_ENVIRONMENT: new_id("en")}
         self.apps: dict[str, AppRecord] = {}
         self.deployed: dict[tuple[str, str], str] = {}  # (environment, name) -> app id
@@ -132,15 +140,42 @@ class ModalControlPlane(ModalClientBase):
         if token != self.tokens:
             raise GRPCError(Status.UNAUTHENTICATED, "Token ID or secret is invalid. Run `modal token new`.")
 
-    def fail_next(self, method: str, status: Status, message: str) -> None:
-        """Make the next call of `method` fail with `status`/`message` (fault injection)."""
+    def fail_next(self, method: str, status: Status, message: str, *, retry_after: float | None = None) -> None:
+        """Make the next call of `method` fail with `status`/`message` (fault injection). With
+        `retry_after`, the error carries Modal's RPCRetryPolicy detail, as Modal's throttling does
+        (the client waits that long and retries)."""
+        details = [api_pb2.RPCRetryPolicy(retry_after_secs=retry_after)] if retry_after is not None else None
         with self.lock:
-            self.faults.setdefault(method, []).append(GRPCError(status, message))
+            self.faults.setdefault(method, []).append(GRPCError(status, message, details))
+
+    def answer_late(self, method: str, seconds: float = 0.0, *, status: Status | None = None,
+                    message: str = "") -> None:
+        """Do the work of the next call of `method`, then hold the answer `seconds`, and with
+        `status` answer that error instead (the effect happened, the answer is lost)."""
+        error = GRPCError(status, message) if status is not None else None
+        with self.lock:
+            self.after_faults.setdefault(method, []).append((seconds, error))
+
+    def pending_faults(self) -> int:
+        """Injected faults (before or after acting) not yet used up."""
+        with self.lock:
+            return sum(len(q) for q in self.faults.values()) + sum(len(q) for q in self.after_faults.values())
+
+    def clear_faults(self) -> None:
+        """Forget injected faults not yet used up (an outage is over)."""
+        with self.lock:
+            self.faults.clear()
+            self.after_faults.clear()
 
     def _take_fault(self, method: str) -> GRPCError | None:
         with self.lock:
             queue = self.faults.get(method)
             return queue.pop(0) if queue else None
+
+    def _take_after(self, method: str) -> tuple[float, GRPCError | None]:
+        with self.lock:
+            queue = self.after_faults.get(method)
+            return queue.pop(0) if queue else (0.0, None)
 
     def _env(self, name: str | None) -> str:
         return name or DEFAULT_ENVIRONMENT

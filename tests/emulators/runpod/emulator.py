@@ -86,6 +86,7 @@ class Exchange:
     query: dict[str, str]
     body: Any
     status: int
+    headers: dict[str, str] = field(default_factory=dict)  # as received (tests scan them for secrets)
 
 
 class RateWindows:
@@ -294,4 +295,5 @@ class RunPodEmulator:
         except ValueError:
             body = call.body
         with self._record_lock:
-            self.exchanges.append(Exchange(plane, call.method, call.path, dict(call.query), body, reply.status))
+            self.exchanges.append(Exchange(plane, call.method, call.path, dict(call.query), body, reply.status,
+                                          headers=dict(call.headers)))
