@@ -8,6 +8,8 @@ and the old one stays.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +91,7 @@ class Orchestrator:
         provider = self.provider(spec.provider)
         artifacts = provider.render(spec, keys.plan_secrets(spec))
         rows = self.state.rows(spec.name) if self.state_exists() else []
-        return Plan(spec=spec, artifacts=artifacts, current=rows, action=_action(spec, rows))
+        return Plan(spec=spec, artifacts=artifacts, current=rows, action=_action(spec, rows, deploy_hash(spec, artifacts)))
 
     def state_exists(self) -> bool:
         return (self.settings.home / "state.db").exists()
@@ -100,14 +102,14 @@ class Orchestrator:
         """Bring `spec` up and return once its endpoint answers. Blocks; raises DeployerError."""
         with lock(self.settings.ensure_home(), spec.name):
             provider = self.provider(spec.provider)
-            provider.render(spec, keys.plan_secrets(spec))  # refuses specs the provider cannot serve
+            shape = deploy_hash(spec, provider.render(spec, keys.plan_secrets(spec)))  # refuses bad specs
             secrets = keys.deploy_secrets(spec, self.settings)
             rows = self.state.rows(spec.name)
             same = next((r for r in rows if r["provider"] == spec.provider), None)
             others = [r for r in rows if r["provider"] != spec.provider]
 
             digest = keys.secrets_digest(secrets, self.settings)
-            if (same and same["spec_hash"] == spec.fingerprint() and same["secrets_digest"] == digest
+            if (same and same["spec_hash"] == shape and same["secrets_digest"] == digest
                     and same["status"] == "ready"):
                 current = self.state.deployment(same)
                 report = provider.status(current)
@@ -117,7 +119,7 @@ class Orchestrator:
 
             current = self.state.deployment(same) if same else None
             action = "moved" if others else ("updated" if same else "created")
-            self.state.begin(spec.name, spec.provider, spec.fingerprint(), spec.model_dump(mode="json"),
+            self.state.begin(spec.name, spec.provider, shape, spec.model_dump(mode="json"),
                              "updating" if same else "creating", secrets_digest=digest)
             endpoint = self._apply(provider, spec, secrets, current)
             try:
@@ -313,11 +315,21 @@ class Orchestrator:
         yield from self.provider(row["provider"]).logs(self.state.deployment(row), follow)
 
 
-def _action(spec: Spec, rows: list[dict[str, Any]]) -> str:
+def deploy_hash(spec: Spec, artifacts: Artifacts) -> str:
+    """What makes two deploys the same: the spec and what it renders to (with secrets redacted).
+
+    Hashing the rendered artifacts as well means a deployer upgrade that changes what gets
+    deployed (a new guard, a new flag) is applied by the next deploy instead of reported as
+    unchanged."""
+    rendered = json.dumps(artifacts.to_dict(), sort_keys=True, default=str).encode()
+    return f"{spec.fingerprint()}-{hashlib.sha256(rendered).hexdigest()[:12]}"
+
+
+def _action(spec: Spec, rows: list[dict[str, Any]], shape: str) -> str:
     same = next((r for r in rows if r["provider"] == spec.provider), None)
     if any(r["provider"] != spec.provider for r in rows):
         return "move"
     if same is None:
         return "create"
-    return "unchanged" if same["spec_hash"] == spec.fingerprint() and same["status"] == "ready" else "update"
+    return "unchanged" if same["spec_hash"] == shape and same["status"] == "ready" else "update"
 

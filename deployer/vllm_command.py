@@ -13,12 +13,25 @@ from .spec import Spec
 
 FlagValue = str | int | float | bool
 
+# deployer's key check in front of every route (vLLM's own covers /v1 only): templates/ ships the
+# module; each backend puts it in a directory on vLLM's PYTHONPATH and the key in VLLM_API_KEY.
+GUARD_MODULE = "deployer_vllm_guard"
+GUARD_FILE = f"{GUARD_MODULE}.py"
+GUARD_MIDDLEWARE = f"{GUARD_MODULE}.RequireKey"
+
+
+def guard_source() -> str:
+    """The text of the guard module, to be written where vLLM imports it from."""
+    from .templating import templates_dir
+
+    return (templates_dir() / GUARD_FILE).read_text()
+
 
 def engine_flags(spec: Spec, *, overrides: Mapping[str, FlagValue] | None = None) -> dict[str, FlagValue]:
     """The `vllm serve` flags for `spec` (names without --), in a stable order.
 
-    Serving-side flags (host, port, api-key) are not included: `serve_argv` adds them, since
-    each backend places and protects the server its own way. `overrides` are backend settings
+    Serving-side flags (host, port, api-key, the key guard) are not included: `serve_argv` adds
+    them, since each backend places and protects the server its own way. `overrides` are backend settings
     (e.g. the local CPU's memory fraction) that the user's engine_args still win over.
     """
     m = spec.model
@@ -61,19 +74,28 @@ def serve_argv(
     host: str = "0.0.0.0",
     port: int | None = 8000,
     api_key: str | None,
+    guard: bool = False,
     overrides: Mapping[str, FlagValue] | None = None,
 ) -> list[str]:
     """The arguments after `vllm serve`: the model, its flags, where to listen, and the key.
 
     `port=None` leaves --port to the caller (a script that picks it at start). `api_key=None`
     means the key reaches vLLM another way (its VLLM_API_KEY environment variable) or the caller
-    protects the endpoint otherwise, and must say which.
+    protects the endpoint otherwise, and must say which. `guard=True` adds
+    `--middleware deployer_vllm_guard.RequireKey`, which every backend that exposes vLLM itself
+    must ask for (vLLM's own check covers /v1 only): the caller ships GUARD_FILE onto vLLM's
+    PYTHONPATH and the key as VLLM_API_KEY (the guard reads nothing else, so `api_key` must be
+    None; ValueError otherwise).
     """
+    if guard and api_key is not None:
+        raise ValueError("the guard reads the key from VLLM_API_KEY: pass it there, not as --api-key")
     argv = [spec.model.id, *flags_to_argv(engine_flags(spec, overrides=overrides)), "--host", host]
     if port is not None:
         argv += ["--port", str(port)]
     if api_key is not None:
         argv += ["--api-key", api_key]
+    if guard:
+        argv += ["--middleware", GUARD_MIDDLEWARE]
     return argv
 
 

@@ -30,6 +30,9 @@ def test_plan_json_is_one_document_with_the_artifacts(cli, home: Path) -> None:
     assert set(doc["artifacts"]) == {"files", "requests"}
     script = doc["artifacts"]["files"]["local/tiny/serve.sh"]
     assert "--served-model-name tiny" in script and "--max-model-len 256" in script
+    # the key guard vLLM loads (its own check covers /v1 only), imported from beside the script
+    assert "--middleware deployer_vllm_guard.RequireKey" in script and "PYTHONPATH=" in script
+    assert "class RequireKey" in doc["artifacts"]["files"]["local/tiny/deployer_vllm_guard.py"]
     assert not (home / "keys").exists()  # plan writes nothing, so no key exists to leak
 
 

@@ -4,16 +4,22 @@ endpoint open is refused before anything is created.
 
 Requests go where a client's would: RunPod's data plane (`/v2/{id}/openai/v1`, and the queue
 routes), the VM's IP on Lambda, Modal's web URL; each emulator starts the engine from what the
-adapter produced, and the stub engine checks the key the way vLLM does (on /v1 only).
+adapter produced, and the stub engine checks the key the way vLLM does (on /v1 only). Everything
+outside /v1 is guarded by deployer's middleware (templates/deployer_vllm_guard.py), which the
+stub loads from the PYTHONPATH the emulated host gives it, as vLLM does with `--middleware`;
+the local provider's guard is checked in real vLLM by tests/test_local_e2e.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -25,13 +31,14 @@ from deployer.errors import InputError, ProviderError
 from deployer.provider import Deployment, Resource, Secrets
 from deployer.settings import Settings
 from deployer.spec import validate_spec
+from deployer.vllm_command import GUARD_FILE, GUARD_MIDDLEWARE, GUARD_MODULE, guard_source
 from tests.emulators.lambda_cloud.fixture import ENDPOINT_KEY as LAMBDA_KEY
 from tests.emulators.lambda_cloud.fixture import lambda_cloud  # noqa: F401 - fixture
 from tests.emulators.modal import ModalEmulator
 from tests.emulators.modal.fixtures import modal_emulator_fixture  # noqa: F401 - provides `modal_emulator`
 from tests.emulators.runpod import RunPodEmulator
 from tests.emulators.runpod.fixture import deploy_in_process, runpod_emulator, start_runpod, tiny_spec  # noqa: F401
-from tests.support.engine import REPO, tiny_model
+from tests.support.engine import REPO, launch_vllm, tiny_model
 
 MODAL_KEY = "dpk-auth-test-key-0123456789"
 WRONG = "dpk-wrong-key-0123456789abcdef"
@@ -170,32 +177,38 @@ def test_modal_web_url_refuses_calls_without_the_key(modal_emulator: ModalEmulat
     assert modal_emulator.holds_nothing()
 
 
-# -- vLLM's --api-key guards /v1 only -------------------------------------------------------------
-
-OUTSIDE_V1 = pytest.mark.xfail(strict=True, reason=(
-    "open endpoint, not fixed yet: vLLM's --api-key (and VLLM_API_KEY) guards only /v1, /v2, "
-    "/inference and /cohere; POST /invocations (SageMaker's route) serves the same completions "
-    "without a key, and VLLM_SERVER_DEV_MODE (Modal snapshot mode) adds /sleep, /wake_up, "
-    "/collective_rpc unguarded. Needs a guard in front of every route (README: Guarantees: secrets and endpoint auth)"))
+# -- vLLM's --api-key guards /v1 only; deployer's guard covers the rest ----------------------------
 
 
-@OUTSIDE_V1
-def test_lambda_invocations_route_needs_the_key_too(lambda_cloud) -> None:  # noqa: F811
+def routes_outside_v1_need_the_key(server: str, key: str, *, dev_mode: bool = False) -> None:
+    """POST /invocations (SageMaker's route: the same completions and chats) and /version answer
+    401 without the key or with a wrong one, and serve with it; GET /health stays open. With
+    dev mode, /sleep and /wake_up too (answered, with the key, so the server ends up awake)."""
+    keyed, wrong = {"Authorization": f"Bearer {key}"}, {"Authorization": f"Bearer {WRONG}"}
+    calls = [("POST", "/invocations", CHAT), ("POST", "/invocations", COMPLETION), ("GET", "/version", None)]
+    if dev_mode:
+        calls += [("POST", "/sleep?level=1", None), ("POST", "/wake_up", None)]
+    with httpx.Client(base_url=server, timeout=30) as http:
+        for method, path, body in calls:
+            answers = [http.request(method, path, json=body, headers=h).status_code for h in ({}, wrong)]
+            assert answers == [401, 401], f"{method} {path} without the key / with a wrong one: {answers}"
+            served = http.request(method, path, json=body, headers=keyed)
+            assert served.status_code == 200, f"{method} {path} with the key: {served.status_code} {served.text[:200]}"
+        assert http.get("/health").status_code == 200  # what health checks call: open, tells nothing
+
+
+def test_lambda_routes_outside_v1_need_the_key_too(lambda_cloud) -> None:  # noqa: F811
     bed = lambda_cloud
     spec = bed.spec("inv-lam", regions=["us-south-2"])
     provider, record = bed.provider(), Recorded()
     endpoint = provider.apply(spec, bed.secrets(), None, record)
     try:
         wait_ready(endpoint, timeout=30)
-        server = endpoint.url.removesuffix("/v1")
-        answers = [httpx.post(server + "/invocations", json=body, timeout=30).status_code
-                   for body in (CHAT, COMPLETION)]
-        assert answers == [401, 401], f"POST /invocations without a key answered {answers}"
+        routes_outside_v1_need_the_key(endpoint.url.removesuffix("/v1"), LAMBDA_KEY)
     finally:
         provider.destroy(record.deployment(spec, "lambda"))
 
 
-@OUTSIDE_V1
 def test_modal_routes_outside_v1_need_the_key_too(modal_emulator: ModalEmulator, tmp_path: Path) -> None:  # noqa: F811
     from providers.modal.adapter import Provider
 
@@ -206,12 +219,91 @@ def test_modal_routes_outside_v1_need_the_key_too(modal_emulator: ModalEmulator,
     endpoint = provider.apply(spec, Secrets(api_key=MODAL_KEY), None, record)
     try:
         wait_ready(endpoint, timeout=60)
-        server = endpoint.url.removesuffix("/v1")
-        answers = {"/invocations": httpx.post(server + "/invocations", json=CHAT, timeout=30).status_code,
-                   "/sleep": httpx.post(server + "/sleep?level=1", timeout=30).status_code}
-        assert answers == {"/invocations": 401, "/sleep": 401}, f"without a key: {answers}"
+        routes_outside_v1_need_the_key(endpoint.url.removesuffix("/v1"), MODAL_KEY, dev_mode=True)
+        wait_ready(endpoint, timeout=10)  # still serving after the keyed sleep / wake-up
     finally:
         provider.destroy(record.deployment(spec, "modal"))
+
+
+# -- the guard itself, and vLLM without it ---------------------------------------------------------
+
+
+def load_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str | None) -> ModuleType:
+    """A fresh import of the shipped guard from a directory on sys.path (as vLLM imports it),
+    with VLLM_API_KEY set to `key` (unset for None)."""
+    directory = tmp_path / "guard"
+    directory.mkdir(exist_ok=True)
+    (directory / GUARD_FILE).write_text(guard_source())
+    if key is None:
+        monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_API_KEY", key)
+    monkeypatch.syspath_prepend(str(directory))
+    sys.modules.pop(GUARD_MODULE, None)
+    try:
+        return importlib.import_module(GUARD_MODULE)
+    finally:
+        sys.modules.pop(GUARD_MODULE, None)
+
+
+def test_the_guard_passes_keyed_requests_and_get_health_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ASGI contract, scope by scope: what reaches the app and what the client gets instead."""
+    guard = load_guard(tmp_path, monkeypatch, MODAL_KEY)
+    reached: list[str] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        reached.append(f"{scope['type']} {scope.get('path', '')}")
+
+    def call(kind: str, path: str = "", method: str = "GET", auth: str | None = None) -> list[dict]:
+        scope = {"type": kind, "path": path, "method": method,
+                 "headers": [(b"authorization", auth.encode())] if auth is not None else []}
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "websocket.connect"} if kind == "websocket" else {"type": "http.request", "body": b""}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(guard.RequireKey(app)(scope, receive, send))
+        return sent
+
+    refused = [("/invocations", "POST", None), ("/metrics", "GET", f"Bearer {WRONG}"), ("/sleep", "POST", MODAL_KEY),
+               ("/v1/models", "GET", f"Basic {MODAL_KEY}"), ("/collective_rpc", "POST", f"Bearer {MODAL_KEY}x"),
+               ("/health", "POST", None), ("/health/", "GET", None), ("/ping", "GET", None), ("/load", "GET", "Bearer")]
+    for path, method, auth in refused:
+        start, body = call("http", path, method, auth)
+        assert start["status"] == 401 and json.loads(body["body"]) == {"error": "Unauthorized"}, (path, method, auth)
+        assert (b"www-authenticate", b"Bearer") in start["headers"]
+    assert reached == []
+    for path, method, auth in [("/health", "GET", None), ("/invocations", "POST", f"Bearer {MODAL_KEY}"),
+                               ("/tokenize", "POST", f"bearer {MODAL_KEY}")]:
+        assert call("http", path, method, auth) == []
+    assert call("websocket", "/v1/realtime") == [{"type": "websocket.close", "code": 1008}]  # 403 before accept
+    assert call("websocket", "/v1/realtime", auth=f"Bearer {MODAL_KEY}") == [] and call("lifespan") == []
+    assert reached == ["http /health", "http /invocations", "http /tokenize", "websocket /v1/realtime", "lifespan "]
+
+    for unset in (None, ""):  # vLLM imports the module while it builds its app: no key, no server
+        with pytest.raises(RuntimeError, match="VLLM_API_KEY is not set"):
+            load_guard(tmp_path, monkeypatch, unset)
+
+
+def test_vllm_alone_serves_invocations_to_anyone_and_a_guard_it_cannot_import_stops_it(tmp_path: Path) -> None:
+    """Why the guard exists (the stub is vLLM here: /v1 keyed, /invocations open), and that a
+    guard missing from PYTHONPATH fails the start instead of serving unguarded."""
+    model, env = str(tiny_model()), {"VLLM_API_KEY": MODAL_KEY}
+    alone = launch_vllm([model, "--served-model-name", "tiny"], env=env, log_path=tmp_path / "alone.log")
+    missing = launch_vllm([model, "--served-model-name", "tiny", "--middleware", GUARD_MIDDLEWARE],
+                          env={**env, "PYTHONPATH": str(tmp_path / "empty")}, log_path=tmp_path / "missing.log")
+    try:
+        assert alone.wait_healthy(30), alone.log()
+        assert httpx.get(alone.base_url + "/v1/models").status_code == 401
+        assert httpx.post(alone.base_url + "/invocations", json=CHAT).status_code == 200
+        assert missing.proc.wait(timeout=30) == 1
+        assert f"No module named '{GUARD_MODULE}'" in missing.log()
+    finally:
+        alone.stop()
+        missing.stop()
 
 
 # -- refused before anything is created -------------------------------------------------------------
@@ -222,10 +314,12 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
                           env={**os.environ, **env}, cwd=REPO, timeout=120, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("engine_args", [{"root-path": "/"}, {"root-path": "/v"}, {"hf-token": "hf_in_the_spec_xyz"}])
+@pytest.mark.parametrize("engine_args", [{"root-path": "/"}, {"root-path": "/v"}, {"hf-token": "hf_in_the_spec_xyz"},
+                                         {"middleware": "my_module.MyMiddleware"}])
 def test_engine_args_that_open_the_endpoint_or_carry_a_secret_are_refused(engine_args: dict[str, str]) -> None:
     """`--root-path /` makes vLLM's key check strip the root from the path, so /v1/... is checked as
-    v1/... and passes unguarded; `--hf-token` would put the token into state and plan output."""
+    v1/... and passes unguarded; `--hf-token` would put the token into state and plan output;
+    `--middleware` is deployer's key guard, which engine_args must not replace or wrap."""
     data = {"name": "bad", "provider": "modal", "model": {"id": str(tiny_model()), "engine_args": engine_args},
             "resources": {"gpu": "L4"}}
     with pytest.raises(InputError) as caught:

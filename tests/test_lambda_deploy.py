@@ -69,9 +69,11 @@ def test_deploy_chat_status_redeploy_destroy(lambda_cloud):  # noqa: F811
     assert call.body["name"] == "dplr-chat" and call.body["ssh_key_names"][0].startswith("deployer-")
     assert {"key": "deployer-name", "value": "chat"} in call.body["tags"]
     assert call.body["firewall_rulesets"] == [{"id": record.ids("firewall-ruleset")[0]}]
-    assert "--api-key" in call.body["user_data"] and ENDPOINT_KEY in call.body["user_data"]
+    assert call.body["user_data"].count(ENDPOINT_KEY) == 1  # in the 0600 env file, never on a command line
     vm = bed.cloud.instances[instance_id].vm
-    assert vm.plan.env == {"HF_TOKEN": "hf_test_token"} and vm.problems == [] and vm.plan.notes == []
+    assert "--api-key" not in vm.plan.docker.serve_args and "--middleware" in vm.plan.docker.serve_args
+    assert vm.plan.env == {"VLLM_API_KEY": ENDPOINT_KEY, "HF_TOKEN": "hf_test_token", "PYTHONPATH": "/opt/deployer"}
+    assert vm.problems == [] and vm.plan.notes == []
 
     report = provider.status(deployment)
     assert report.state == "ready"

@@ -14,6 +14,7 @@ from deployer.errors import InputError
 from deployer.provider import REDACTED, Secrets
 from deployer.settings import Settings
 from deployer.spec import load_spec, validate_spec
+from deployer.vllm_command import GUARD_MIDDLEWARE, guard_source
 from providers.lambda_cloud.adapter import Provider
 from providers.lambda_cloud.instance_types import CATALOG, classify, instance_types_for
 from providers.lambda_cloud.settings import load_settings
@@ -150,7 +151,11 @@ def test_example_configs_plan_validates(tmp_path, config):
     assert boot.host_port == spec.options("lambda").port
     parsed = parse_vllm_flags(boot.docker.serve_args)
     assert parsed["model"] == spec.model.id
-    assert parsed["flags"]["--api-key"] == REDACTED
+    # the key reaches vLLM and its guard as VLLM_API_KEY from the 0600 env file, never as a flag
+    assert "--api-key" not in parsed["flags"] and parsed["middleware"] == [GUARD_MIDDLEWARE]
+    assert boot.env["VLLM_API_KEY"] == REDACTED and boot.env["PYTHONPATH"] == "/opt/deployer"
+    assert boot.files["/opt/deployer/deployer_vllm_guard.py"] == guard_source()
+    assert "/opt/deployer:/opt/deployer:ro" in boot.docker.values("--volume")
     if spec.resources.count > 1:
         assert parsed["flags"]["--tensor-parallel-size"] == str(spec.resources.count)
     assert launch["instance_type_name"] in spec.options("lambda").instance_types

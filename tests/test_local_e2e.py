@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -15,6 +16,15 @@ from tests.support.engine import REPO
 
 pytestmark = pytest.mark.engine
 LOCAL_TINY = str(REPO / "configs" / "local-tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _never_leave_a_server(cli):
+    """Whatever a test asserts, its servers are destroyed afterwards (a failing assertion must
+    not leave a real vLLM running for the rest of the suite)."""
+    yield
+    for name in ("tiny", "broken"):
+        cli("destroy", name)
 
 
 def port_open(port: int) -> bool:
@@ -52,6 +62,16 @@ def test_deploy_chat_redeploy_kill_recover_destroy(cli, home: Path, tiny_model: 
     assert chat.choices[0].message.content is not None and chat.usage.completion_tokens >= 1
     with pytest.raises(Exception, match="401"):
         OpenAI(base_url=doc["url"], api_key="wrong", max_retries=0).models.list()
+    # vLLM checks the key on /v1 only; deployer's guard (--middleware) covers the rest, e.g.
+    # SageMaker's POST /invocations, which serves the same chats. GET /health stays open.
+    server, keyed = doc["url"].removesuffix("/v1"), {"Authorization": f"Bearer {key}"}
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert httpx.post(server + "/invocations", json=body, timeout=60).status_code == 401
+    assert httpx.get(server + "/version", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    invoked = httpx.post(server + "/invocations", json=body, headers=keyed, timeout=60)
+    assert invoked.status_code == 200 and invoked.json()["choices"], invoked.text
+    assert httpx.get(server + "/health").status_code == 200
+    assert (home / "local" / "tiny" / "deployer_vllm_guard.py").exists()
 
     again = cli("deploy", LOCAL_TINY, "--json")
     outputs.append(again)

@@ -19,7 +19,7 @@ from deployer.errors import InputError
 from deployer.provider import REDACTED, Secrets
 from deployer.settings import Settings
 from deployer.spec import load_spec, validate_spec
-from deployer.vllm_command import serve_command
+from deployer.vllm_command import GUARD_MIDDLEWARE, guard_source, serve_command
 from providers.modal import render, sizing
 from providers.modal.adapter import Provider
 from tests.support.engine import REPO, free_port
@@ -77,9 +77,10 @@ def test_qwen_config_renders_a_snapshot_class_on_an_l40s(provider: Provider, tmp
     assert 'experimental_options={"enable_gpu_snapshot": True}' in text
     assert "@modal.enter(snap=True)" in text and "@modal.enter(snap=False)" in text and "@modal.exit()" in text
     command = literal(text, "VLLM_COMMAND")
-    assert command == serve_command(spec, host="0.0.0.0", port=8000, api_key=None,
+    assert command == serve_command(spec, host="0.0.0.0", port=8000, api_key=None, guard=True,
                                     overrides={"enable-sleep-mode": True})
     assert "--enable-sleep-mode" in command and "--api-key" not in command
+    assert command[-2:] == ["--middleware", GUARD_MIDDLEWARE]
     assert '"VLLM_SERVER_DEV_MODE": "1"' in text and '"TORCHINDUCTOR_COMPILE_THREADS": "1"' in text
     assert '"HF_XET_HIGH_PERFORMANCE": "1"' in text and 'uv_pip_install("vllm==0.32.0")' in text
     assert f"memory={sizing.snapshot_memory_mib(spec)}" in text
@@ -95,12 +96,28 @@ def test_llama_config_renders_a_plain_web_function_on_an_h100(provider: Provider
     module = import_app(tmp_path, text, "llama_app")
     assert isinstance(module.serve, modal.Function) and not hasattr(module, "Server")
     assert 'gpu="H100"' in text and "enable_memory_snapshot" not in text and "--enable-sleep-mode" not in text
-    assert literal(text, "VLLM_COMMAND") == serve_command(spec, host="0.0.0.0", port=8000, api_key=None)
+    assert literal(text, "VLLM_COMMAND") == serve_command(spec, host="0.0.0.0", port=8000, api_key=None, guard=True)
     assert 'modal.Secret.from_name("dplr-llama-8b-hf", required_keys=["HF_TOKEN"])' in text
     assert "@modal.web_server(port=VLLM_PORT, startup_timeout=STARTUP_TIMEOUT)" in text
     assert literal(text, "STARTUP_TIMEOUT") == sizing.startup_timeout_s(spec) >= 600  # 16 GB of weights
     assert "timeout=900," in text
     assert [r.json.get("deployment_name") for r in artifacts.requests[:2]] == ["dplr-llama-8b-key", "dplr-llama-8b-hf"]
+
+
+@pytest.mark.parametrize("mode", ["snapshot", "plain"])
+def test_the_image_carries_the_key_guard_onto_vllms_pythonpath(provider: Provider, mode: str) -> None:
+    """vLLM checks the key on /v1 only; the guard it loads with --middleware must be in the
+    container: written beside the app file, added to the image from there, on PYTHONPATH."""
+    spec = modal_spec(providers={"modal": {"mode": mode}})
+    artifacts = provider.render(spec, Secrets.redacted())
+    assert artifacts.files[render.guard_path(spec.name)] == guard_source()
+    assert render.guard_path(spec.name).rsplit("/", 1)[0] == render.file_path(spec.name).rsplit("/", 1)[0]
+    text = artifacts.files[render.file_path(spec.name)]
+    assert '"PYTHONPATH": "/opt/deployer"' in text
+    image_chain = text[text.index("image = ("):text.index("hf_cache =")].strip().splitlines()
+    assert image_chain[-2].strip().startswith(  # last: a build step after a mounted file is refused
+        '.add_local_file(Path(__file__).with_name("deployer_vllm_guard.py"), "/opt/deployer/deployer_vllm_guard.py")')
+    assert literal(text, "VLLM_COMMAND")[-2:] == ["--middleware", GUARD_MIDDLEWARE]
 
 
 def test_startup_timeout_and_readiness_grow_with_the_model(provider: Provider) -> None:
@@ -170,7 +187,8 @@ def test_auto_mode_picks_plain_for_several_gpus_and_says_why(provider: Provider)
     artifacts = provider.render(spec, Secrets.redacted())
     text = artifacts.files["modal/tiny/app.py"]
     assert 'gpu="H100:2"' in text and "enable_memory_snapshot" not in text
-    assert literal(text, "VLLM_COMMAND")[-6:] == ["--tensor-parallel-size", "2", "--host", "0.0.0.0", "--port", "8000"]
+    assert literal(text, "VLLM_COMMAND")[-8:] == ["--tensor-parallel-size", "2", "--host", "0.0.0.0", "--port", "8000",
+                                                  "--middleware", GUARD_MIDDLEWARE]
     assert any("snapshots need one GPU" in note for note in artifacts.notes)
     assert "enable_memory_snapshot=True" not in app_text(provider, modal_spec(startup={"fast_boot": False}))
 
@@ -181,32 +199,37 @@ def test_auto_mode_picks_plain_for_several_gpus_and_says_why(provider: Provider)
 def test_snapshot_class_lifecycle_starts_warms_sleeps_wakes_and_stops(
         provider: Provider, tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The methods Modal runs in the container (start -> snapshot -> wake -> serve -> exit), called
-    here directly with `vllm serve` swapped for the stub engine on a free port."""
+    here directly with `vllm serve` swapped for the stub engine on a free port. The stub loads
+    the key guard, so the app's own /sleep and /wake_up calls must carry the key."""
     spec = modal_spec(model={"id": str(tiny_model), "served_name": "tiny"})
     text = app_text(provider, spec)
     module = import_app(tmp_path, text, "snapshot_app")
     port = free_port()
     command = literal(text, "VLLM_COMMAND")
-    assert command[-4:] == ["--host", "0.0.0.0", "--port", "8000"]
-    stub = [sys.executable, "-m", "tests.support.stub_engine", *command[2:-4],
+    assert command[-6:] == ["--host", "0.0.0.0", "--port", "8000", "--middleware", GUARD_MIDDLEWARE]
+    stub = [sys.executable, "-m", "tests.support.stub_engine", *command[2:-6], *command[-2:],
             "--host", "127.0.0.1", "--port", str(port)]
     monkeypatch.setattr(module, "VLLM_COMMAND", stub)
     monkeypatch.setattr(module, "VLLM_PORT", port)
     for key, value in render.plan_app(spec, has_hf_token=False).image_env.items():  # the image's ENV
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("VLLM_API_KEY", "k-lifecycle")  # from the Modal Secret
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    guard_dir = tmp_path / "opt-deployer"  # the image's /opt/deployer
+    guard_dir.mkdir()
+    (guard_dir / "deployer_vllm_guard.py").write_text(guard_source())
+    monkeypatch.setenv("PYTHONPATH", f"{guard_dir}:{REPO}")
     monkeypatch.chdir(REPO)
     user_cls = module.Server._get_user_cls()  # modal's own handle on the class body (SDK 1.6)
     instance = user_cls()
     method = lambda name: user_cls.__dict__[name]._get_raw_f()  # noqa: E731
     method("start")(instance)
     try:
-        base = f"http://127.0.0.1:{port}"
-        assert httpx.get(base + "/is_sleeping").json() == {"is_sleeping": True}
+        base, keyed = f"http://127.0.0.1:{port}", {"Authorization": "Bearer k-lifecycle"}
+        assert httpx.get(base + "/is_sleeping").status_code == 401  # the guard is in front
+        assert httpx.get(base + "/is_sleeping", headers=keyed).json() == {"is_sleeping": True}
         method("wake")(instance)
-        assert httpx.get(base + "/is_sleeping").json() == {"is_sleeping": False}
-        answer = httpx.post(base + "/v1/completions", headers={"Authorization": "Bearer k-lifecycle"},
+        assert httpx.get(base + "/is_sleeping", headers=keyed).json() == {"is_sleeping": False}
+        answer = httpx.post(base + "/v1/completions", headers=keyed,
                             json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
         assert answer.status_code == 200
     finally:

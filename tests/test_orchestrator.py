@@ -222,3 +222,27 @@ def test_gc_reports_a_failing_provider_and_still_scans_the_others(clouds, tiny_m
     assert {"provider": "runpod", "reason": "runpod: cannot reach https://api.runpod.io/v2 (ConnectError)"} in report["skipped"]
     assert [e["deployment"] for e in report["healthy"]] == ["demo"]
     orch().destroy("demo")
+
+
+def test_a_change_in_what_the_provider_renders_is_applied(clouds, tiny_model) -> None:
+    """Same spec, but a newer deployer renders something else (a new flag, a new guard)."""
+    from deployer.provider import Request
+
+    spec = make_spec(tiny_model)
+    orch().deploy(spec)
+    assert orch().deploy(spec).action == "unchanged"
+    render = clouds["local"].render
+
+    def newer_render(spec, secrets):
+        artifacts = render(spec, secrets)
+        artifacts.requests.append(Request("POST", "fake://cloud/guards", {"on": True}))
+        return artifacts
+
+    clouds["local"].render = newer_render
+    try:
+        assert orch().plan(spec).action == "update"
+        assert orch().deploy(spec).action == "updated"
+        assert orch().deploy(spec).action == "unchanged"
+    finally:
+        clouds["local"].render = render
+    orch().destroy("demo")

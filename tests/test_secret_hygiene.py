@@ -14,7 +14,7 @@ endpoint key (auth.api_key_env). Then it asserts that no sentinel appears
 - on the provider's side, except where the provider needs it and in that form only:
   RunPod gets its own key in Authorization and a `{{ RUNPOD_SECRET_hf_token }}` reference, never
   the HF token or the endpoint key; Lambda gets its key in Authorization and the endpoint key and
-  HF token inside user_data only (`--api-key` of the docker command, the 0600 env file); Modal
+  HF token inside user_data only (the 0600 env file the container reads, never a command line); Modal
   gets its token in the gRPC metadata and the endpoint key / HF token only as the env dict of
   SecretGetOrCreate for `dplr-<name>-key` / `dplr-<name>-hf`.
 
@@ -246,11 +246,11 @@ def test_lambda_flows_leak_nothing_and_secrets_reach_lambda_only_in_user_data(
         assert sorted(hits(user_data)) == sorted(["HF_TOKEN", ENDPOINT_KEY_ENV])
         config_doc = parse_cloud_config(user_data)
         [docker] = [cmd for cmd in config_doc.runcmd if cmd[:2] == ["docker", "run"]]
-        serve_args = parse_docker_run(docker).serve_args
-        assert serve_args[serve_args.index("--api-key") + 1] == ENDPOINT_KEY  # vLLM's own flag, once
+        assert "--api-key" not in parse_docker_run(docker).serve_args  # vLLM and its guard read VLLM_API_KEY
         assert user_data.count(ENDPOINT_KEY) == 1 and user_data.count(HF) == 1
         [env_file] = [p for p, text in config_doc.write_files.items() if HF in text]
-        assert config_doc.write_files[env_file].strip() == f"HF_TOKEN={HF}"
+        assert config_doc.write_files[env_file].splitlines() == [f"VLLM_API_KEY={ENDPOINT_KEY}", f"HF_TOKEN={HF}"]
+        assert parse_docker_run(docker).values("--env-file") == [env_file]
         [entry] = [f for f in yaml.safe_load(user_data)["write_files"] if f["path"] == env_file]
         assert entry["permissions"] == "0600" and entry["owner"] == "root:root"
         for call in bed.emulator.calls:

@@ -460,7 +460,7 @@ class Provider:
         """The instance's state, IP, type, region and price per hour; `gone` when none exists."""
         res = deployment.resource("instance")
         inst = self.api().instance(res.id) if res is not None else None
-        if inst is None:
+        if inst is None or inst.status in GONE:  # a killed update may have launched a newer VM
             live = self._live_instances(deployment.name)
             inst = live[0] if live else None
         if inst is None:

@@ -2,13 +2,18 @@
 
 Rendered from templates/lambda-cloud-init.yaml.j2 (through deployer.templating). The server is
 the pinned vllm/vllm-openai image running `vllm serve` with exactly the arguments of the shared
-command builder, `--api-key`, all GPUs, `--ipc=host`, restart policy `unless-stopped` (so it
-survives crashes and reboots) and the Hugging Face cache on a host directory: the Lambda
-filesystem when one is configured, else the VM's disk.
+command builder, all GPUs, `--ipc=host`, restart policy `unless-stopped` (so it survives
+crashes and reboots) and the Hugging Face cache on a host directory: the Lambda filesystem
+when one is configured, else the VM's disk.
 
-Secrets: the endpoint key is on the vLLM command line and the HF token in a 0600 env file. Both
-live only in the instance's metadata (root on the VM can read them; Lambda's API never returns
-user_data). With `Secrets.redacted()` (plan) they read "<redacted>".
+The VM's IP is public, and vLLM's own key check covers /v1 only: cloud-init writes deployer's
+key guard to /opt/deployer (mounted read-only into the container, on its PYTHONPATH) and vLLM
+loads it with `--middleware`, so every route but GET /health needs the key.
+
+Secrets: the endpoint key (VLLM_API_KEY, read by vLLM and the guard) and the HF token are in a
+0600 env file, never on a command line. They live only in the instance's metadata (root on the
+VM can read them; Lambda's API never returns user_data). With `Secrets.redacted()` (plan) they
+read "<redacted>".
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import json
 from deployer import templating
 from deployer.provider import Secrets, resource_name
 from deployer.spec import Spec
-from deployer.vllm_command import serve_argv
+from deployer.vllm_command import GUARD_FILE, guard_source, serve_argv
 
 TEMPLATE = "lambda-cloud-init.yaml.j2"
 CONTAINER_PORT = 8000  # vLLM inside the container; `providers.lambda.port` is the host side
 CONTAINER_CACHE = "/root/.cache/huggingface"
 VM_CACHE = "/home/ubuntu/.cache/huggingface"
 ENV_FILE = "/etc/deployer/vllm.env"
+GUARD_DIR = "/opt/deployer"  # the key guard's directory, on the VM and in the container
 MAX_USER_DATA = 1_000_000  # Lambda: plain text, at most 1 MB
 
 
@@ -49,20 +55,29 @@ def docker_run_argv(spec: Spec, secrets: Secrets) -> list[str]:
         "--ipc=host",
         "--publish", f"{opts.port}:{CONTAINER_PORT}",
         "--volume", f"{cache_dir(spec)}:{CONTAINER_CACHE}",
+        "--volume", f"{GUARD_DIR}:{GUARD_DIR}:ro",
+        "--env", f"PYTHONPATH={GUARD_DIR}",
+        "--env-file", ENV_FILE,
     ]
-    if secrets.hf_token:
-        argv += ["--env-file", ENV_FILE]
-    return argv + [opts.image, *serve_argv(spec, host="0.0.0.0", port=CONTAINER_PORT, api_key=secrets.api_key)]
+    return argv + [opts.image, *serve_argv(spec, host="0.0.0.0", port=CONTAINER_PORT, api_key=None, guard=True)]
 
 
 def render_user_data(spec: Spec, secrets: Secrets) -> str:
-    """The #cloud-config text. Pure. Raises ValueError if it would exceed Lambda's 1 MB limit."""
-    env = {"HF_TOKEN": secrets.hf_token} if secrets.hf_token else {}
+    """The #cloud-config text. Pure. Raises ValueError if it would exceed Lambda's 1 MB limit, or
+    if a secret holds a line break (it would end its line of the env file)."""
+    env = {"VLLM_API_KEY": secrets.api_key}
+    if secrets.hf_token:
+        env["HF_TOKEN"] = secrets.hf_token
+    broken = [name for name, value in env.items() if "\n" in value or "\r" in value]
+    if broken:
+        raise ValueError(f"the {' and '.join(broken)} value holds a line break, which an env file cannot carry")
     text = templating.render(
         TEMPLATE,
         deployment=spec.name,
         env_file=ENV_FILE,
         env=env,
+        guard_path=f"{GUARD_DIR}/{GUARD_FILE}",
+        guard_source=guard_source(),
         # Commands are YAML flow sequences of JSON strings: no shell, no quoting to get wrong.
         runtime_setup=json.dumps(["bash", "-c", _RUNTIME_SETUP]),
         make_cache=json.dumps(["mkdir", "-p", cache_dir(spec)]),

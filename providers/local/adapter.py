@@ -1,6 +1,7 @@
 """The local backend: vLLM's OpenAI server as a detached process on this machine.
 
-`render` produces `serve.sh`; `apply` writes it under DEPLOYER_HOME and runs it in its own
+`render` produces `serve.sh` and the key guard vLLM loads beside it (every route needs the key,
+not only /v1); `apply` writes both under DEPLOYER_HOME and runs the script in its own
 process group on a loopback port, with the key in VLLM_API_KEY and the log in
 DEPLOYER_HOME/logs/<name>.log. The process carries DEPLOYER_DEPLOYMENT=<name> in its
 environment, so `list_owned` finds servers the state lost.
@@ -29,7 +30,7 @@ from deployer.keys import key_location
 from deployer.provider import Artifacts, Deployment, Endpoint, Owned, Recorder, Secrets, StatusReport
 from deployer.settings import Settings
 from deployer.spec import Spec
-from deployer.vllm_command import serve_argv
+from deployer.vllm_command import GUARD_FILE, guard_source, serve_argv
 
 HOST = "127.0.0.1"
 TAG_ENV = "DEPLOYER_DEPLOYMENT"
@@ -76,7 +77,7 @@ class Provider:
         if self.engine == "vllm-cpu":
             overrides["gpu-memory-utilization"] = opts.cpu_memory_fraction
             env["VLLM_CPU_KVCACHE_SPACE"] = str(opts.cpu_kv_cache_gib)
-        argv = serve_argv(spec, host=HOST, port=None, api_key=None, overrides=overrides)
+        argv = serve_argv(spec, host=HOST, port=None, api_key=None, guard=True, overrides=overrides)
         if self.engine == "vllm-cpu":
             argv = ["-m", "vllm.entrypoints.openai.api_server", "--model", *argv]
         else:
@@ -88,7 +89,9 @@ class Provider:
             key_location=key_location(spec, self.settings),
         )
         notes = [f"engine: {self.engine}; server on {HOST}, log under DEPLOYER_HOME/logs/{spec.name}.log"]
-        return Artifacts(files={f"local/{spec.name}/serve.sh": text}, notes=notes)
+        # the key guard is imported by vLLM from beside serve.sh (the script puts its directory on PYTHONPATH)
+        files = {f"local/{spec.name}/serve.sh": text, f"local/{spec.name}/{GUARD_FILE}": guard_source()}
+        return Artifacts(files=files, notes=notes)
 
     # -- apply ----------------------------------------------------------------------------
 
@@ -99,7 +102,8 @@ class Provider:
         artifacts = self.render(spec, secrets)
         script = script_path(self.settings, spec.name)
         script.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        script.write_text(artifacts.files[f"local/{spec.name}/serve.sh"])
+        for relative, text in artifacts.files.items():  # serve.sh and the key guard beside it
+            (self.settings.home / relative).write_text(text)
         port = spec.options("local").port or _free_port()
         if _port_open(port):
             raise DeployerError(f"port {port} on {HOST} is already in use", hint="set providers.local.port to another port")

@@ -3,7 +3,8 @@
 `render` produces `modal/<name>/app.py` (templates/modal_app.py.j2): the image (CUDA base, pinned
 vLLM), the HF-cache and vLLM-cache Volumes, the Secrets, the GPU, autoscaling, and a web server
 on vLLM's port. `apply` stores the endpoint key in the Modal Secret `dplr-<name>-key` (the only
-place the key goes), writes the file under DEPLOYER_HOME, imports it and deploys it in-process
+place the key goes), writes the file (and beside it the key guard the image adds: every route
+but GET /health needs the key) under DEPLOYER_HOME, imports it and deploys it in-process
 with `modal.runner.deploy_app`, then looks up the web URL. The core waits for readiness.
 
 Resources in state: `secret` (by name) and `app` (first its name as intent, then the app id).
@@ -36,6 +37,7 @@ from deployer.provider import (
 )
 from deployer.settings import Settings
 from deployer.spec import Spec
+from deployer.vllm_command import GUARD_FILE, guard_source
 
 from . import render, sizing, validate
 from . import settings as modal_settings
@@ -68,7 +70,8 @@ class Provider:
         requests.append(Request("modal.runner.deploy_app", f"{base}/AppPublish",
                                 {"name": plan.app_name, "environment_name": env or "",
                                  "file": render.file_path(spec.name)}))
-        return Artifacts(files={render.file_path(spec.name): text}, requests=requests, notes=self._notes(spec, plan))
+        files = {render.file_path(spec.name): text, render.guard_path(spec.name): guard_source()}
+        return Artifacts(files=files, requests=requests, notes=self._notes(spec, plan))
 
     def _notes(self, spec: Spec, plan: render.AppPlan) -> list[str]:
         if plan.snapshot:
@@ -77,8 +80,8 @@ class Provider:
             server, label = f"function {render.WEB_FUNCTION}", render.WEB_FUNCTION
         notes = [f"Modal app {plan.app_name}: web server {server} on {plan.gpu}; "
                  f"URL https://<workspace>--{plan.app_name}-{label}.modal.run/v1",
-                 f"auth: vLLM requires the API key ({key_location(spec, self.settings)}), stored in the Modal "
-                 f"Secret {plan.key_secret} and sent by clients as a Bearer token"]
+                 f"auth: every route but GET /health requires the API key ({key_location(spec, self.settings)}), "
+                 f"stored in the Modal Secret {plan.key_secret} and sent by clients as a Bearer token"]
         if plan.snapshot:
             notes.append("GPU memory snapshots (alpha): the first few cold starts load the model and take the "
                          f"snapshot; later ones restore it. Host memory {plan.memory_mib} MiB holds the weights "
@@ -103,6 +106,7 @@ class Provider:
         text = render.render_app(spec, plan)
         path = self.settings.path(*render.file_path(spec.name).split("/"))
         path.write_text(text)
+        path.with_name(GUARD_FILE).write_text(guard_source())  # the app adds it to the image from there
         env = modal_settings.environment_name(spec.options("modal").environment)
         module_name = f"_deployer_modal_{spec.name.replace('-', '_')}"
         with sdk.open_client() as client:

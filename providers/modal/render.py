@@ -13,7 +13,7 @@ from typing import Any
 from deployer import templating
 from deployer.provider import resource_name
 from deployer.spec import Spec
-from deployer.vllm_command import serve_command
+from deployer.vllm_command import GUARD_FILE, serve_command
 
 from . import sizing, validate
 
@@ -22,6 +22,7 @@ VLLM_PORT = 8000
 CLASS_NAME = "Server"  # snapshot mode: the Modal Cls
 WEB_FUNCTION = "serve"  # the web server function (plain) or method (snapshot)
 TAG = "deployer-name"
+GUARD_DIR = "/opt/deployer"  # where containers get the key guard (on vLLM's PYTHONPATH)
 
 
 def app_name(spec: Spec) -> str:
@@ -41,6 +42,11 @@ def hf_secret_name(name: str) -> str:
 def file_path(name: str) -> str:
     """Where the app file lives, relative to DEPLOYER_HOME (also its key in Artifacts.files)."""
     return f"modal/{name}/app.py"
+
+
+def guard_path(name: str) -> str:
+    """The key guard beside the app file (the app adds it to the image from there)."""
+    return f"modal/{name}/{GUARD_FILE}"
 
 
 @dataclass(frozen=True)
@@ -74,13 +80,13 @@ def plan_app(spec: Spec, *, has_hf_token: bool) -> AppPlan:
     validate.check_scaling(spec)
     startup = validate.startup_timeout(spec)
     overrides: dict[str, str | int | float | bool] = {}
-    image_env = {"HF_XET_HIGH_PERFORMANCE": "1"}
+    image_env = {"HF_XET_HIGH_PERFORMANCE": "1", "PYTHONPATH": GUARD_DIR}
     memory = opts.memory_mib
     if mode == "snapshot":
         overrides["enable-sleep-mode"] = True
         image_env |= {"VLLM_SERVER_DEV_MODE": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
         memory = memory or sizing.snapshot_memory_mib(spec)
-    command = serve_command(spec, host="0.0.0.0", port=VLLM_PORT, api_key=None, overrides=overrides)
+    command = serve_command(spec, host="0.0.0.0", port=VLLM_PORT, api_key=None, guard=True, overrides=overrides)
     if opts.hf_secret:
         hf_secret, creates = opts.hf_secret, False
     elif has_hf_token:
@@ -117,6 +123,8 @@ def render_app(spec: Spec, plan: AppPlan) -> str:
         hf_cache_volume=_lit(opts.hf_cache_volume),
         vllm_cache_volume=_lit(opts.vllm_cache_volume),
         key_secret=_lit(plan.key_secret),
+        guard_file=_lit(GUARD_FILE),
+        guard_remote=_lit(f"{GUARD_DIR}/{GUARD_FILE}"),
         hf_secret=_lit(plan.hf_secret) if plan.hf_secret else None,
         tags=_lit({TAG: spec.name}),
         gpu=_lit(plan.gpu),

@@ -5,9 +5,15 @@
 It is strict where vLLM is: every flag must exist in the installed vLLM's parser (table from
 tests.support.engine.vllm_flag_table), choices are checked, the model directory must hold a
 config.json, `model` in a request must be the served name, and /v1 routes need the key when
---api-key is given. As in vLLM, routes outside /v1 need none: /health, the dev-mode /sleep and
-/wake_up, and POST /invocations (SageMaker's route, serving completions and chats). Unknown
-flags exit with code 2, as argparse does in vLLM.
+--api-key is given. As in vLLM, routes outside /v1 need none: /health, /version, the dev-mode
+/sleep and /wake_up, and POST /invocations (SageMaker's route, serving completions and chats).
+Unknown flags exit with code 2, as argparse does in vLLM.
+
+`--middleware a.b.Class` (repeatable) is honoured as vLLM's app does: the class is imported by
+its dotted path (from the PYTHONPATH the engine was given), wraps the app (the last one
+outermost), and every request runs through the chain as an ASGI call before the stub serves it;
+whatever a middleware answers instead is what the client gets. A middleware that fails to
+import or to build stops the server at start (exit 1), as it stops vLLM's.
 
 Environment knobs for fault injection: STUB_ENGINE_STARTUP_S (delay before listening, default
 0.2), STUB_ENGINE_EXIT_CODE (exit with it instead of serving: a crash loop).
@@ -15,19 +21,25 @@ Environment knobs for fault injection: STUB_ENGINE_STARTUP_S (delay before liste
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import inspect
 import json
 import os
 import sys
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 from tests.support.engine import vllm_flag_table
 
 
 def parse(argv: list[str]) -> dict:
     table = vllm_flag_table()
-    opts: dict = {"model": None, "flags": {}}
+    opts: dict = {"model": None, "flags": {}, "middleware": []}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -54,6 +66,8 @@ def parse(argv: list[str]) -> dict:
                 print(f"vllm: error: argument {name}: invalid choice: {value!r}", file=sys.stderr)
                 raise SystemExit(2)
             opts["flags"][name] = value
+            if name == "--middleware":  # vLLM's parser appends
+                opts["middleware"].append(value)
         else:
             opts["flags"][name] = True
         i += 1
@@ -62,6 +76,50 @@ def parse(argv: list[str]) -> dict:
         print("vllm: error: no model given", file=sys.stderr)
         raise SystemExit(2)
     return opts
+
+
+class MiddlewareChain:
+    """The ASGI middleware classes named by --middleware around an app that only notes that a
+    request got through: `run` says whether one did, or what the chain answered instead."""
+
+    PASSED = "stub.passed"
+
+    def __init__(self, paths: list[str]) -> None:
+        async def app(scope: dict, receive: Any, send: Any) -> None:
+            await send({"type": self.PASSED})
+
+        self.app: Any = app
+        for path in paths:  # Starlette's add_middleware: each one added goes outside the others
+            module, _, name = path.rpartition(".")
+            imported = getattr(importlib.import_module(module), name)
+            if not inspect.isclass(imported):
+                raise SystemExit(f"stub-vllm: --middleware {path}: the stub runs ASGI classes only")
+            self.app = imported(self.app)
+
+    def run(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+            client: tuple[str, int], server: tuple[str, int]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """None when the request reached the app; else (status, headers, body) the chain answered."""
+        path, _, query = target.partition("?")
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": unquote(path), "raw_path": path.encode(), "query_string": query.encode(),
+                 "root_path": "", "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                 "client": client, "server": server}
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(self.app(scope, receive, send))
+        if any(m["type"] == self.PASSED for m in sent):
+            return None
+        start = next((m for m in sent if m["type"] == "http.response.start"), None)
+        if start is None:  # neither passed nor answered: an ASGI server answers 500
+            return 500, [], b"Internal Server Error"
+        data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return start["status"], list(start.get("headers") or []), data
 
 
 def serve(opts: dict) -> None:
@@ -75,6 +133,11 @@ def serve(opts: dict) -> None:
     dev_mode = os.environ.get("VLLM_SERVER_DEV_MODE") == "1" and "--enable-sleep-mode" in flags
     max_len = int(flags.get("--max-model-len", 512))
     state = {"sleeping": False}
+    try:
+        chain = MiddlewareChain(opts["middleware"]) if opts["middleware"] else None
+    except Exception:  # noqa: BLE001 - vLLM fails to build its app the same way
+        traceback.print_exc()
+        raise SystemExit(1) from None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -83,7 +146,7 @@ def serve(opts: dict) -> None:
             sys.stderr.write("stub-vllm: " + (fmt % args) + "\n")
 
         def _send(self, status: int, body: object) -> None:
-            self._body()  # an unread request body would be taken for the next request on this connection
+            self._raw()  # an unread request body would be taken for the next request on this connection
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -99,14 +162,40 @@ def serve(opts: dict) -> None:
             self._send(401, {"error": "Unauthorized"})
             return False
 
-        def _body(self) -> dict:
+        def _raw(self) -> bytes:
             if getattr(self, "_body_of", None) is not self.headers:  # once per request (keep-alive)
                 length = int(self.headers.get("Content-Length") or 0)
-                self._body_of, self._read = self.headers, json.loads(self.rfile.read(length) or b"{}")
+                self._body_of, self._read = self.headers, self.rfile.read(length)
             return self._read
 
+        def _body(self) -> dict:
+            return json.loads(self._raw() or b"{}")
+
+        def _through_middleware(self) -> bool:
+            """True when the request may be served; else the middleware's answer was sent."""
+            if chain is None:
+                return True
+            answer = chain.run(self.command, self.path, list(self.headers.items()), self._raw(),
+                               self.client_address[:2], self.server.server_address[:2])
+            if answer is None:
+                return True
+            status, headers, data = answer
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name.decode("latin-1"), value.decode("latin-1"))
+            if not any(name.lower() == b"content-length" for name, _ in headers):
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return False
+
         def do_GET(self) -> None:  # noqa: N802
+            if not self._through_middleware():
+                return
             if self.path == "/health":
+                return self._send(200, {})
+            if self.path == "/version":
+                return self._send(200, {"version": "0.32.0"})
                 return self._send(200, {})
             if self.path == "/is_sleeping" and dev_mode:
                 return self._send(200, {"is_sleeping": state["sleeping"]})
@@ -119,6 +208,8 @@ def serve(opts: dict) -> None:
             self._send(404, {"detail": "Not Found"})
 
         def do_POST(self) -> None:  # noqa: N802
+            if not self._through_middleware():
+                return
             if dev_mode and self.path.startswith("/sleep"):
                 state["sleeping"] = True
                 return self._send(200, {})

@@ -1,13 +1,16 @@
 """An emulated Lambda VM: it runs what the adapter's user_data tells it to, as cloud-init would.
 
-Boot reads the `#cloud-config`, writes nothing to disk but remembers `write_files`, walks
-`runcmd`, and emulates the one `docker run` of the vllm/vllm-openai image: the arguments after
-the image become `vllm serve <args>` for `tests.support.engine.launch_vllm`, bound on the VM's
-own loopback IP and the host side of the `-p` mapping, so the adapter's http://IP:PORT/v1 leads
-to it unchanged. Anything a real VM would trip over leaves the server unreachable, with the
-reason in `problems`: no `--gpus`, a port mapping that misses vLLM's port, vLLM listening on
-127.0.0.1 inside the container, an env file nobody wrote, a firewall that does not open the
-port. The container's restart policy is honoured when the engine exits.
+Boot reads the `#cloud-config`, writes `write_files` into the VM's own directory (its root
+filesystem, `EmulatedVm.root`), walks `runcmd`, and emulates the one `docker run` of the
+vllm/vllm-openai image: the arguments after the image become `vllm serve <args>` for
+`tests.support.engine.launch_vllm`, bound on the VM's own loopback IP and the host side of the
+`-p` mapping, so the adapter's http://IP:PORT/v1 leads to it unchanged. Paths the container
+sees through PYTHONPATH resolve like docker's bind mounts (`-v SRC:DST`: DST is the VM's SRC;
+elsewhere the image's own filesystem, which holds nothing the user_data wrote). Anything a
+real VM would trip over leaves the server unreachable, with the reason in `problems`: no
+`--gpus`, a port mapping that misses vLLM's port, vLLM listening on 127.0.0.1 inside the
+container, an env file nobody wrote, a firewall that does not open the port. The container's
+restart policy is honoured when the engine exits.
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ class BootPlan:
     env: dict[str, str]
     problems: list[str]
     notes: list[str]
+    files: dict[str, str] = field(default_factory=dict)  # write_files: VM path -> content
 
 
 def plan_boot(user_data: str, *, mounts: dict[str, str]) -> BootPlan:
@@ -183,7 +187,18 @@ def plan_boot(user_data: str, *, mounts: dict[str, str]) -> BootPlan:
             host_port = int(parts[0])
     if host_port is None:
         problems.append(f"no -p mapping leads to vLLM's port {container_port}")
-    return BootPlan(docker, host_port, env, problems, notes)
+    return BootPlan(docker, host_port, env, problems, notes, files=config.write_files)
+
+
+def container_path(docker: DockerRun, path: str, *, vm_root: Path, image_root: Path) -> Path:
+    """Where `path` inside the container is on this machine: below a bind mount (`-v SRC:DST`)
+    it is the VM's SRC (under `vm_root`); anywhere else the image's filesystem (`image_root`)."""
+    for volume in docker.values("-v", "--volume"):
+        source, _, rest = volume.partition(":")
+        target = rest.split(":", 1)[0]
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return vm_root / (source + path[len(target):]).lstrip("/")
+    return image_root / path.lstrip("/")
 
 
 class EmulatedVm:
@@ -207,6 +222,11 @@ class EmulatedVm:
     def log_path(self) -> Path:
         return self.workdir / "engine.log"
 
+    @property
+    def root(self) -> Path:
+        """The VM's filesystem: where cloud-init's write_files land."""
+        return self.workdir / "rootfs"
+
     def boot(self, user_data: str, *, mounts: dict[str, str], port_open: Any) -> None:
         """Run the user_data. `port_open(port) -> bool` says whether the firewall lets the
         test client (127.0.0.1) reach a host port."""
@@ -216,6 +236,10 @@ class EmulatedVm:
             self.problems.append(str(exc))
             return
         self.problems += self.plan.problems
+        for path, content in self.plan.files.items():  # cloud-init writes files before runcmd
+            target = self.root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
         if self.plan.problems:
             return
         assert self.plan.host_port is not None
@@ -229,8 +253,18 @@ class EmulatedVm:
         port = self.plan.host_port if reachable else free_port()  # blocked: listens where nobody looks
         self.engine = launch_vllm(
             self.plan.docker.serve_args, host=self.ip, port=port,
-            env={**self.plan.env, **self.extra_env}, log_path=self.log_path, real=self.real_engine,
+            env={**self._container_env(), **self.extra_env}, log_path=self.log_path, real=self.real_engine,
         )
+
+    def _container_env(self) -> dict[str, str]:
+        """The container's environment, with PYTHONPATH's container paths resolved on this machine."""
+        assert self.plan is not None
+        env = dict(self.plan.env)
+        if env.get("PYTHONPATH"):
+            env["PYTHONPATH"] = ":".join(
+                str(container_path(self.plan.docker, entry, vm_root=self.root, image_root=self.workdir / "image"))
+                for entry in env["PYTHONPATH"].split(":"))
+        return env
 
     def tick(self, now: float) -> None:
         """Apply the container's restart policy to an engine that exited."""

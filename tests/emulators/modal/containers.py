@@ -4,12 +4,15 @@ The control plane never runs user code; it learns what a container runs the way 
 workers do, from what the client uploaded: the app file arrives through MountPutFile, and its
 literal `VLLM_COMMAND` is read with `ast` (a missing or non-literal command fails the
 container, as a broken app would). Environment = the image's ENV layers, then the secrets'
-env dicts (Modal's order). The engine is `tests.support.engine.launch_vllm`, bound to the web
-function's port, so the web URL answers exactly what vLLM answers.
+env dicts (Modal's order). Every uploaded file of the function's mounts (the app file, files the
+image adds with add_local_file) is laid out under the container's own root directory, and
+PYTHONPATH's absolute entries resolve there, so vLLM imports only what the app shipped. The
+engine is `tests.support.engine.launch_vllm`, bound to the web function's port, so the web URL
+answers exactly what vLLM answers.
 
 Snapshot functions (checkpointing_enabled with enable_gpu_snapshot) go through the lifecycle
-Modal drives for the class: start, /health, one warm-up completion with the key, POST
-/sleep?level=1, "snapshot", POST /wake_up; a 404 there means the app forgot
+Modal drives for the class: start, /health, one warm-up completion, POST /sleep?level=1,
+"snapshot", POST /wake_up, each with the key as the app sends it; a 404 there means the app forgot
 VLLM_SERVER_DEV_MODE=1 or --enable-sleep-mode, and the container fails.
 """
 
@@ -69,6 +72,7 @@ class ContainerSpec:
     env: dict[str, str]
     snapshot: bool
     definition_key: bytes  # equal keys: an unchanged redeploy keeps the running container
+    files: dict[str, str] = field(default_factory=dict)  # mounted files: container path -> text
 
 
 @dataclass
@@ -108,6 +112,19 @@ class Container:
         self.state = "stopped"
         self._event("stopped")
 
+    @property
+    def root(self) -> Path:
+        """The container's filesystem: where its mounted files are."""
+        return self.log_dir / f"{self.spec.tag}-root"
+
+    def env(self) -> dict[str, str]:
+        """The engine's environment, PYTHONPATH's absolute entries resolved inside `root`."""
+        env = dict(self.spec.env)
+        if env.get("PYTHONPATH"):
+            env["PYTHONPATH"] = ":".join(str(self.root / p.lstrip("/")) if p.startswith("/") else p
+                                         for p in env["PYTHONPATH"].split(":"))
+        return env
+
     def log_text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"{self.spec.tag}-*.log")))
 
@@ -138,11 +155,15 @@ class Container:
         except (ContainerError, SyntaxError) as exc:
             self._fail(f"cannot start: {exc}")
             return
+        for path, text in self.spec.files.items():
+            target = self.root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
         while not self._stop.is_set() and self.starts <= MAX_RESTARTS:
             self.starts += 1
             self.state = "starting"
             log = self.log_dir / f"{self.spec.tag}-{self.starts}.log"
-            self.engine = launch_vllm(command[2:], port=free_port(), env=self.spec.env, log_path=log,
+            self.engine = launch_vllm(command[2:], port=free_port(), env=self.env(), log_path=log,
                                       real=self.real_engine)
             self._event(f"start {self.starts}")
             try:
@@ -176,9 +197,8 @@ class Container:
         base = self.engine.base_url
         key = self.spec.env.get("VLLM_API_KEY", "")
         served = _flag(command, "--served-model-name") or command[2]
-        with httpx.Client(base_url=base, timeout=60) as http:
-            warm = http.post("/v1/completions", headers={"Authorization": f"Bearer {key}"},
-                             json={"model": served, "prompt": "Hello", "max_tokens": 4})
+        with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
+            warm = http.post("/v1/completions", json={"model": served, "prompt": "Hello", "max_tokens": 4})
             if warm.status_code != 200:
                 raise ContainerError(f"warm-up completion answered {warm.status_code}: {warm.text[:200]}")
             for path in ("/sleep?level=1", "/wake_up"):

@@ -239,7 +239,7 @@ class ModalEmulator:
             with self.control.lock:
                 key = app.definition_keys[tag]
             for endpoint in endpoints:
-                specs.append(ContainerSpec(app.app_id, endpoint, source, env, snapshot, key))
+                specs.append(ContainerSpec(app.app_id, endpoint, source, env, snapshot, key, files=files))
         return specs
 
     def _stop_app(self, app: AppRecord) -> None:
