@@ -6,7 +6,6 @@ a missing engine is a failure there.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import CliResult
 from tests.support.engine import REPO, tiny_model as _build_tiny_model
 
 
@@ -31,19 +31,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-class CliResult:
-    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
-        self.code = proc.returncode
-        self.out = proc.stdout
-        self.err = proc.stderr
-
-    def json(self) -> object:
-        return json.loads(self.out)
-
-    def __repr__(self) -> str:
-        return f"CliResult(code={self.code}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
-
-
 @pytest.fixture
 def cli(home: Path):
     """Run `python -m deployer ARGS` as a real subprocess with this test's DEPLOYER_HOME."""
@@ -54,7 +41,7 @@ def cli(home: Path):
             [sys.executable, "-m", "deployer", *args], capture_output=True, text=True,
             env=full_env, cwd=REPO, timeout=timeout, stdin=subprocess.DEVNULL,
         )
-        return CliResult(proc)
+        return CliResult(tuple(args), proc.returncode, proc.stdout, proc.stderr)
 
     return run
 

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from tests.emulators.lambda_cloud.vm import parse_cloud_config, parse_docker_run
 from tests.emulators.modal import ModalEmulator
 from tests.emulators.runpod import RunPodEmulator
 from tests.emulators.runpod.fixture import deploy_in_process, start_runpod, tiny_spec  # noqa: F401 - fixture
+from tests.support.cli import CliResult as Run
 from tests.support.engine import REPO, free_port, tiny_model
 
 ENDPOINT_KEY_ENV = "DPLR_HYGIENE_ENDPOINT_KEY"
@@ -73,17 +73,6 @@ def scan_tree(root: Path) -> dict[str, list[str]]:
         if path.is_file() and (names := hits(path.read_bytes())):
             found[str(path.relative_to(root))] = names
     return found
-
-
-@dataclass
-class Run:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 class Cli:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.cli import CliResult as Run
 from tests.support.engine import REPO
 
 # -- results ----------------------------------------------------------------------------------
@@ -82,20 +82,6 @@ class Matrix:
 
 
 # -- the CLI in this process ------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def __repr__(self) -> str:
-        return f"Run({' '.join(self.args)!r}, code={self.code}, out={self.out[-1500:]!r}, err={self.err[-1500:]!r})"
 
 
 class Cli:

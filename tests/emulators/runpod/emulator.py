@@ -28,7 +28,7 @@ from .dataplane import DataPlane, error, response_problems
 from .http import Call, Plane, Reply, Server
 from .openapi import ContractChecker
 
-DEFAULT_KEY = "rpa_EMULATORKEY0000000000000000000000000000000"
+DEFAULT_KEY = "rpa_emulator-key-for-tests-only"
 
 
 @dataclass
