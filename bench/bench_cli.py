@@ -43,14 +43,21 @@ def bare_vllm_seconds(env: dict[str, str], home: Path) -> float:
     """Start the command `plan` shows, by hand, and time it to the same readiness proof."""
     plan = json.loads(subprocess.run([*DEPLOYER, "plan", CONFIG, "--json"], check=True, capture_output=True,
                                      env=env, cwd=REPO, text=True).stdout)
-    script = plan["artifacts"]["files"]["local/tiny/serve.sh"]
+    files = plan["artifacts"]["files"]
+    script = files["local/tiny/serve.sh"]
+    guard_dir = home / "bare"  # the same files serve.sh runs beside (the key guard)
+    guard_dir.mkdir(exist_ok=True)
+    for path, text in files.items():
+        if path.endswith(".py"):
+            (guard_dir / Path(path).name).write_text(text)
     exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
     argv = [sys.executable if a == "$DEPLOYER_PYTHON" else a for a in shlex.split(exec_line)[1:]]
     port = 18700
     argv = [a if a != "$PORT" else str(port) for a in argv]
     key = "bench-key"
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**env, "VLLM_API_KEY": key, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    proc = subprocess.Popen(argv, env={**env, "VLLM_API_KEY": key, "VLLM_CPU_KVCACHE_SPACE": "1",
+                                       "PYTHONPATH": str(guard_dir)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     headers = {"Authorization": f"Bearer {key}"}
     try:
