@@ -36,7 +36,9 @@ def _stderr() -> Any:
 
 
 def _emit_json(doc: Any) -> None:
-    sys.stdout.write(jsonlib.dumps(doc, indent=2, default=str) + "\n")
+    from .console import print_json
+
+    print_json(doc)
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,11 +182,11 @@ def plan(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bool
 def _plan_extras(spec: Any) -> dict[str, Any]:
     """Capacity and cost figures for `plan`, when the costing package is present."""
     try:
-        from .costing import capacity, report
+        from .costing import report
     except ImportError:
         return {}
     extras: dict[str, Any] = {}
-    cap = capacity.check(spec)  # raises InputError when the model cannot fit
+    cap = _check_capacity(spec)
     if cap is not None:
         extras["capacity"] = cap.to_dict() if hasattr(cap, "to_dict") else cap
     summary = report.plan_summary(spec, _settings())
@@ -193,12 +195,21 @@ def _plan_extras(spec: Any) -> dict[str, Any]:
     return extras
 
 
+def _check_capacity(spec: Any) -> Any:
+    """The capacity report (None without a GPU); raises InputError when the model cannot fit."""
+    try:
+        from .costing import capacity
+    except ImportError:
+        return None
+    return capacity.check(spec)
+
+
 @app.command()
 @handled
 def deploy(config: str = CONFIG, provider: Optional[str] = PROVIDER, as_json: bool = JSON) -> None:
     """Create or update the deployment, wait until it answers, print its URL."""
     spec = _load(config, provider)
-    _plan_extras(spec)  # the capacity check refuses what cannot fit before anything is created
+    _check_capacity(spec)  # refuses what cannot fit before anything is created (no cost figures needed)
     with ProgressLine() as progress:
         orch = _orchestrator(progress)
         result = orch.deploy(spec)

@@ -6,6 +6,7 @@ width keeps tables whole and error messages (file:line: key: ...) on one line ea
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -22,3 +23,8 @@ def stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
+
+
+def print_json(doc: Any) -> None:
+    """`doc` as the one JSON document a --json command prints on stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")

@@ -31,14 +31,11 @@ def register(app: typer.Typer) -> None:
         provider key, or overridden by --pricing."""
         doc = run(config, requests_per_hour=requests_per_hour, seconds_per_request=seconds_per_request,
                   tokens_per_request=tokens_per_request, hours_per_day=hours_per_day, pricing=pricing)
+        from deployer.console import print_json, stdout_console
+
         if as_json:
-            import json
-            import sys
-
-            sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+            print_json(doc)
             return
-        from deployer.console import stdout_console
-
         render(doc, stdout_console())
 
 

@@ -224,12 +224,19 @@ def _port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def _start_time(pid: int | str) -> str | None:
-    """The kernel's start time of `pid` (guards against a reused pid), or None if unknown."""
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...), or None
+    when the process is gone. Index 0 is the state, 2 the process group, 19 the start time."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int | str) -> str | None:
+    """The kernel's start time of `pid` (guards against a reused pid), or None if unknown."""
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def _alive(pid: str, started: str | None) -> bool:
@@ -239,15 +246,8 @@ def _alive(pid: str, started: str | None) -> bool:
         return False
     except PermissionError:
         return True
-    state = _proc_state(pid)
-    return state not in (None, "Z") and (started is None or _start_time(pid) == started)
-
-
-def _proc_state(pid: str) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and (started is None or _start_time(pid) == started)
 
 
 def _stop_group(pid: str, started: str | None, timeout: float = 20.0) -> None:
@@ -280,18 +280,11 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     # Zombies still count for killpg; they are gone as far as serving goes.
-    return any(
-        _proc_state(p.name) not in (None, "Z")
-        for p in Path("/proc").glob("[0-9]*")
-        if _pgid(p.name) == pgid
-    )
-
-
-def _pgid(pid: str) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
+    for proc in Path("/proc").glob("[0-9]*"):
+        fields = _stat(proc.name)
+        if fields and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _reap(pid: int) -> None:
