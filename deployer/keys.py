@@ -70,6 +70,17 @@ def endpoint_key(spec: Spec, settings: Settings, *, create: bool) -> str | None:
     return path.read_text().strip()
 
 
+def existing_key(spec: Spec | None, settings: Settings) -> str | None:
+    """The endpoint key of a recorded deployment if it is at hand (never creates one): None
+    without a spec, a generated key file, or the variable `auth.api_key_env` names."""
+    if spec is None:
+        return None
+    try:
+        return endpoint_key(spec, settings, create=False)
+    except InputError:
+        return None
+
+
 def forget_generated_key(settings: Settings, name: str) -> None:
     key_path(settings, name).unlink(missing_ok=True)
 

@@ -51,6 +51,14 @@ class Plan:
         }
 
 
+@dataclass(frozen=True)
+class Target:
+    """A recorded deployment and how a client reaches it now (see `Orchestrator.target`)."""
+
+    deployment: Deployment
+    endpoint: Endpoint
+
+
 @dataclass
 class DeployResult:
     name: str
@@ -160,7 +168,8 @@ class Orchestrator:
         deployment = lambda: self.state.deployment(self._row(spec.name, spec.provider))  # noqa: E731
         try:
             wait_ready(endpoint, timeout=timeout, probe=lambda: provider.probe(deployment()),
-                       on_wait=lambda problem: self.progress(f"waiting for {endpoint.url}: {problem}"))
+                       on_wait=lambda problem: self.progress(f"waiting for {endpoint.url}: {problem}"),
+                       request_timeout=provider.probe_timeout())
         except NotReadyError as exc:
             self.state.set_status(spec.name, spec.provider, "failed")
             diagnosis = provider.not_ready(deployment(), exc.message)
@@ -211,6 +220,27 @@ class Orchestrator:
              "updated_at": r["updated_at"], "resources": [{"kind": x.kind, "id": x.id} for x in r["resources"]]}
             for r in self.state.rows()
         ]
+
+    def target(self, name: str) -> Target:
+        """How a client reaches deployment `name` now: its recorded URL and served model, and the
+        key clients send, from local credentials (no provider call, no lock). During a provider
+        switch the deployment recorded ready wins. Raises DeployerError when nothing is recorded,
+        it has no URL yet, or the key is not at hand."""
+        rows = self.state.rows(name) if self.state_exists() else []
+        if not rows:
+            raise DeployerError(f"no deployment named {name!r}", hint="`deployer list` shows what exists")
+        row = next((r for r in rows if r["status"] == "ready"), rows[-1])
+        deployment = self.state.deployment(row)
+        if not row["url"] or deployment.spec is None:
+            raise DeployerError(f"{name!r} on {row['provider']} has no endpoint yet (recorded {row['status']})",
+                                hint=f"`deployer deploy` it first; `deployer status {name}` shows where it is")
+        key = self.provider(row["provider"]).client_key(deployment)
+        if not key:
+            raise DeployerError(f"the key clients send to {name!r} is not at hand",
+                                hint=f"it is {row['key_source'] or 'the deployment key'}: set it up on this machine")
+        endpoint = Endpoint(url=row["url"], api_key=key, model=deployment.spec.model.served,
+                            key_source=row["key_source"] or "the deployment's API key")
+        return Target(deployment, endpoint)
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         """Recorded deployments (all, or `name`'s) with the provider's current view of each."""

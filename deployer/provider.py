@@ -191,6 +191,18 @@ class Provider(Protocol):
         """Default seconds to wait for readiness, sized for the model and the provider."""
         ...
 
+    def probe_timeout(self) -> float:
+        """Seconds one readiness request may take before it counts as a failed attempt (then
+        `probe` is asked at once). Short, so a crash loop is noticed in seconds; control-plane
+        calls have their own, longer timeout."""
+        ...
+
+    def client_key(self, deployment: Deployment) -> str | None:
+        """The key clients send to the deployment's endpoint, from local credentials only (the
+        generated key file, the variable `auth.api_key_env` names, the provider's own key). No
+        network; None when it is not at hand. Never logged or stored."""
+        ...
+
     def status(self, deployment: Deployment) -> StatusReport:
         """Current state from the provider; `gone` when it no longer exists."""
         ...

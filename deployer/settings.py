@@ -18,6 +18,12 @@ def _default_home() -> Path:
     return Path(base) / "deployer"
 
 
+def blank_variables(*names: str) -> list[str]:
+    """Those of `names` set in the environment to nothing but spaces (`export KEY=`): such a
+    credential counts as absent, and the error about the missing one should say why."""
+    return [name for name in names if name in os.environ and not os.environ[name].strip()]
+
+
 class Settings(BaseSettings):
     """DEPLOYER_HOME holds the state database, generated keys, logs and rendered files."""
 

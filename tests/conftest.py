@@ -2,6 +2,11 @@
 
 Engine tests (marker `engine`) start the real vLLM. In CI (CI=true) such a test may not skip:
 a missing engine is a failure there.
+
+The suite stands alone: HOME is a fresh temp dir (no user config, token or cache is read), and
+every Python process of the run carries the path guard (tests/support/guarded_site): a test
+during which any of them opens an existing file outside the repository, the temp dir and the
+system fails.
 """
 
 from __future__ import annotations
@@ -9,12 +14,65 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import CliResult
 from tests.support.engine import REPO, tiny_model as _build_tiny_model
+from tests.support.guarded_site import path_guard
+
+GUARDED_SITE = Path(path_guard.__file__).parent
+_RUN_DIR = Path(tempfile.mkdtemp(prefix="deployer-suite-"))
+PATH_LOG = _RUN_DIR / "opened-outside.log"
+os.environ["HOME"] = str(_RUN_DIR / "home")
+(_RUN_DIR / "home").mkdir()
+os.environ[path_guard.LOG_ENV] = str(PATH_LOG)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARDED_SITE), os.environ.get("PYTHONPATH")]))
+path_guard.install_from_env()
+
+
+class _OutsideOpens:
+    """Lines of PATH_LOG not yet reported."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def take(self) -> str:
+        if not PATH_LOG.exists():
+            return ""
+        with open(PATH_LOG, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        self.offset += len(data)
+        return data.decode(errors="replace")
+
+
+OUTSIDE_OPENS = _OutsideOpens()
+_LATE: list[str] = []  # opened by processes that outlived their test: reported at the end of the run
+
+
+@pytest.fixture(autouse=True)
+def _stays_inside_the_repo() -> Iterator[None]:
+    late = OUTSIDE_OPENS.take()
+    if late:
+        _LATE.append(late)
+    yield
+    opened = OUTSIDE_OPENS.take()
+    if opened:
+        pytest.fail("the suite must stand alone, but files outside the repository were opened:\n" + opened,
+                    pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Opens outside the repository that no test was charged with still fail the run."""
+    late = "".join(_LATE) + OUTSIDE_OPENS.take()
+    if late:
+        session.config.get_terminal_writer().line(
+            "FAILED: files outside the repository were opened between tests:\n" + late, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

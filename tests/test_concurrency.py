@@ -107,7 +107,7 @@ def runpod_spec(name: str) -> dict[str, Any]:
     from tests.support.engine import tiny_model
 
     return {"name": name, "provider": "runpod",
-            "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "bfloat16",
+            "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "float32",
                       "engine_args": {"enforce-eager": True}},
             "resources": {"gpu": "L4"}, "scaling": {"min_replicas": 0, "max_replicas": 1, "idle_timeout": 60},
             "startup": {"readiness_timeout": 60}}

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from deployer.costing import catalog
 from deployer.errors import InputError
 from deployer.gpus import GPUS
-from tests.support.engine import SHARED
+from tests.support.engine import CONTRACTS
 
 DATE = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
 
@@ -43,11 +43,10 @@ def test_every_shipped_price_has_a_source_and_a_date(shipped: catalog.Catalog) -
 
 
 def test_runpod_prices_match_the_documented_pool_table(shipped: catalog.Catalog) -> None:
-    """pricing.md's RunPod table (flex column, $/s) is the source; this also guards against the
-    25x-too-high per-second figures of some comparison articles."""
-    text = (SHARED / "providers" / "pricing.md").read_text()
-    documented = {m.group(1): float(m.group(2))
-                  for m in re.finditer(r"^\| ([A-Z0-9_]+) \| [^|]+ \| ([0-9.]+) \| [0-9.]+ \|$", text, re.M)}
+    """RunPod's documented pool table (flex column, $/s) is the source; this also guards against
+    the 25x-too-high per-second figures of some comparison articles."""
+    table = json.loads((CONTRACTS / "pricing" / "runpod-serverless-pools.json").read_text())
+    documented = {pool: row["flex"] for pool, row in table["pools"].items()}
     assert len(documented) == 9
     checked = 0
     for entry in shipped.providers["runpod"].gpus.values():
@@ -61,7 +60,7 @@ def test_runpod_prices_match_the_documented_pool_table(shipped: catalog.Catalog)
 
 
 def test_lambda_prices_match_the_captured_instance_types_body(shipped: catalog.Catalog) -> None:
-    body = json.loads((SHARED / "providers" / "lambda" / "instance-types-response-2025-11.json").read_text())["data"]
+    body = json.loads((CONTRACTS / "lambda" / "instance-types-response-2025-11.json").read_text())["data"]
     checked = 0
     for gpu, entry in shipped.providers["lambda"].gpus.items():
         for itype in entry.instance_types.values():

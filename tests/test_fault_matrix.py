@@ -492,7 +492,7 @@ class LocalBed(Bed):
     def spec(self, name: str, *, readiness: int = 60) -> dict[str, Any]:
         return {"name": name, "provider": "local",
                 "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256,
-                          "dtype": "bfloat16", "engine_args": {"enforce-eager": True}},
+                          "dtype": "float32", "engine_args": {"enforce-eager": True}},
                 "startup": {"readiness_timeout": readiness}}
 
     def _processes(self, name: str | None = None) -> list[str]:

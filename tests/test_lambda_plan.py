@@ -20,7 +20,7 @@ from providers.lambda_cloud.instance_types import CATALOG, classify, instance_ty
 from providers.lambda_cloud.settings import load_settings
 from tests.emulators.lambda_cloud.openapi import openapi
 from tests.emulators.lambda_cloud.vm import plan_boot
-from tests.support.engine import REPO, SHARED
+from tests.support.engine import CONTRACTS, REPO
 from tests.support.stub_engine import parse as parse_vllm_flags
 
 CONFIGS = sorted((REPO / "configs").glob("lambda-*.yaml"))
@@ -62,7 +62,7 @@ def test_gpu_mapping_follows_lambdas_catalog():
     assert instance_types_for("GH200", 1) == ["gpu_1x_gh200"]
     assert next(t for t in CATALOG if t.name == "gpu_1x_gh200").arch == "arm64"
     # the built-in table agrees with the real GET /instance-types body it was taken from
-    capture = json.loads((SHARED / "providers/lambda/instance-types-response-2025-11.json").read_text())["data"]
+    capture = json.loads((CONTRACTS / "lambda" / "instance-types-response-2025-11.json").read_text())["data"]
     for entry in CATALOG:
         live = capture[entry.name]["instance_type"]
         assert live["specs"]["gpus"] == entry.count

@@ -19,7 +19,7 @@ KEY = "dpk-cli-e2e-key-0123456789"
 def write_spec(path: Path, model: Path, **extra: object) -> Path:
     spec = {
         "name": "tiny", "provider": "modal",
-        "model": {"id": str(model), "served_name": "tiny", "max_model_len": 256, "dtype": "bfloat16",
+        "model": {"id": str(model), "served_name": "tiny", "max_model_len": 256, "dtype": "float32",
                   "engine_args": {"enforce-eager": True}},
         "resources": {"gpu": "L4"},
         "auth": {"api_key_env": "MODAL_E2E_KEY"},

@@ -161,3 +161,20 @@ def test_a_template_left_behind_is_removed(runpod_emulator: RunPodEmulator) -> N
     provider.destroy(deployment)
     assert emu.calls(method="DELETE", path="^/v2/templates/")
     assert emu.leftovers() == []
+
+
+def test_a_crash_loop_is_noticed_in_seconds_while_runpod_holds_the_request(start_runpod: object,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """RunPod holds a data-plane request up to 90 s while no worker answers. Each readiness
+    request gives up after the probe timeout (not the 30 s control-plane timeout), so the probe
+    sees the crash loop after seconds."""
+    assert Provider(Settings()).probe_timeout() <= 10.0 < Provider(Settings()).runpod.timeout
+    emu: RunPodEmulator = start_runpod(openai_wait_s=90.0)
+    emu.faults.crash = True
+    monkeypatch.setenv("DEPLOYER_RUNPOD_PROBE_TIMEOUT", "1.5")
+    started = time.monotonic()
+    with pytest.raises(NotReadyError, match="crash-looping"):
+        Orchestrator(Settings()).deploy(tiny_spec(name="heldopen", startup={"readiness_timeout": 120}))
+    assert time.monotonic() - started < 20, "a held request must not hide the crash loop"
+    assert Orchestrator(Settings()).destroy("heldopen") == ["runpod"]
+    assert emu.leftovers() == []

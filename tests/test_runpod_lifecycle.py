@@ -30,7 +30,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 def write_spec(path: Path, *, max_replicas: int = 1, idle_timeout: int = 60, readiness: int = 60) -> Path:
     spec = {
         "name": "tiny-rp", "provider": "runpod",
-        "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "bfloat16",
+        "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "float32",
                   "engine_args": {"enforce-eager": True}},
         "resources": {"gpu": "L4"},
         "scaling": {"min_replicas": 0, "max_replicas": max_replicas, "idle_timeout": idle_timeout},

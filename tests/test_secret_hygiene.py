@@ -108,7 +108,7 @@ def spec_data(name: str, provider: str, **sections: Any) -> dict[str, Any]:
     """The tiny model with the endpoint key from ENDPOINT_KEY_ENV and the HF token from HF_TOKEN."""
     data: dict[str, Any] = {
         "name": name, "provider": provider,
-        "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "bfloat16",
+        "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "float32",
                   "engine_args": {"enforce-eager": True}},
         "resources": {"gpu": "L4"},
         "startup": {"readiness_timeout": 60},

@@ -10,7 +10,7 @@ Memory, in GiB (GPU memory as sold, deployer/gpus.py, taken as GiB):
 vLLM itself refuses to start when one max_model_len sequence does not fit beside the weights;
 the room left over says how many such sequences run at once.
 
-Cold start, from the weights size (shared/cold-start.md): the reported serverless ranges by
+Cold start, from the weights size: the reported serverless ranges by
 size, never below the measured floor (import torch + CUDA context + weights at the rate of
 where they come from), moved by the levers the spec turns on, per provider (the levers and
 their effects are catalog data: deployer/data/prices.yaml, `cold_start`).
@@ -32,10 +32,10 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default for --gpu-memory-utilizat
 OVERHEAD_GIB_PER_GPU = 1.5  # CUDA context, activations, CUDA graphs: an estimate (vLLM profiles it)
 COUNTS = (1, 2, 4, 8)
 
-# shared/cold-start.md: reported serverless cold starts by weights size (GB, bf16), one 2026
+# Reported serverless cold starts by weights size (GB, bf16), one 2026
 # industry comparison. Anchors at the middle of each size band: (weights GB, low s, high s).
 REPORTED_COLD_START = ((4.0, 5.0, 15.0), (20.0, 15.0, 45.0), (100.0, 45.0, 120.0))
-# shared/cold-start.md: measured floor on one H200 host (2026-11-27).
+# Measured floor on one H200 host (PyTorch, safetensors, 4.3 GB file; 2026-11-27).
 FLOOR_FIXED_S = 3.6 + 0.3  # import torch + CUDA context
 FLOOR_RATE_GBPS = {"disk": 1.6, "ram": 5.7, "pinned": 55.0}
 
@@ -186,7 +186,7 @@ def memory_utilization(engine_args: dict[str, Any]) -> float:
 
 def reported_range(weights_gb: float) -> tuple[float, float]:
     """The reported serverless cold-start range (s) for weights of `weights_gb` GB, interpolated
-    between the size bands of shared/cold-start.md, and proportional above the largest."""
+    between the reported size bands, and proportional above the largest."""
     anchors = REPORTED_COLD_START
     if weights_gb <= anchors[0][0]:
         return anchors[0][1], anchors[0][2]

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from deployer.errors import DeployerError, InputError, ProviderError
 from deployer.gpus import GPUS
+from deployer.keys import existing_key
 from deployer.provider import (
     Artifacts, Deployment, Endpoint, Owned, Recorder, Request, Secrets, StatusReport,
     deployment_of, resource_name,
@@ -402,6 +403,12 @@ class Provider:
             time.sleep(api.settings.poll_interval)
 
     # -- readiness ------------------------------------------------------------------------
+
+    def probe_timeout(self) -> float:
+        return self.lambda_settings().probe_timeout
+
+    def client_key(self, deployment: Deployment) -> str | None:
+        return existing_key(deployment.spec, self.settings)
 
     def readiness_timeout(self, spec: Spec) -> float:
         """Seconds: boot (1 GPU about 5 min, 8x over 20) + image pull + weights download and load."""

@@ -19,6 +19,7 @@ import httpx
 
 from deployer.errors import InputError, ProviderError
 from deployer.http import ApiClient, RateLimiter
+from deployer.settings import blank_variables
 
 from .settings import LambdaSettings
 
@@ -136,8 +137,9 @@ class LambdaApi:
 
     def __init__(self, settings: LambdaSettings, *, transport: httpx.BaseTransport | None = None) -> None:
         if settings.api_key is None:
+            blank = blank_variables("LAMBDA_API_KEY", "DEPLOYER_LAMBDA_API_KEY")
             raise InputError(
-                "no Lambda Cloud API key",
+                "no Lambda Cloud API key" + (f" ({' and '.join(blank)} set but empty)" if blank else ""),
                 hint="export LAMBDA_API_KEY=... or put `api_key = ...` in ~/.lambda_cloud/lambda_keys "
                 "(keys: https://cloud.lambda.ai/api-keys)",
             )

@@ -8,6 +8,8 @@
     DEPLOYER_LAMBDA_PROBE_INTERVAL seconds between instance checks while the core waits for vLLM
     DEPLOYER_LAMBDA_TERMINATE_TIMEOUT seconds destroy waits for `terminated`
     DEPLOYER_LAMBDA_RETRY_BACKOFF  first delay before retrying a 5xx or a network error
+    DEPLOYER_LAMBDA_REQUEST_TIMEOUT seconds one control-plane call may take (30)
+    DEPLOYER_LAMBDA_PROBE_TIMEOUT  seconds one readiness request to vLLM may take (10)
 
 Tests shrink the intervals together with the emulator's strict limits (same ratio), so "never
 causes a 429" is checked at a faster clock.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_API_URL = "https://cloud.lambda.ai/api/v1"
@@ -40,7 +42,14 @@ class LambdaSettings(BaseSettings):
     probe_interval: float = Field(15.0, ge=0)
     terminate_timeout: float = Field(900.0, gt=0)
     retry_backoff: float = Field(1.0, ge=0)
-    request_timeout: float = Field(30.0, gt=0)
+    request_timeout: float = Field(30.0, gt=0)  # one control-plane call
+    probe_timeout: float = Field(10.0, gt=0)  # one readiness request to the VM's vLLM
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_is_absent(cls, value: object) -> object:
+        """`LAMBDA_API_KEY=` (empty or spaces) is no key: the keys file is read instead."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 def read_keys_file(path: Path) -> str | None:

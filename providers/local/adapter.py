@@ -26,7 +26,7 @@ from pathlib import Path
 
 from deployer import templating
 from deployer.errors import DeployerError, InputError
-from deployer.keys import key_location
+from deployer.keys import existing_key, key_location
 from deployer.provider import Artifacts, Deployment, Endpoint, Owned, Recorder, Secrets, StatusReport
 from deployer.settings import Settings
 from deployer.spec import Spec
@@ -35,6 +35,7 @@ from deployer.vllm_command import GUARD_FILE, guard_source, serve_argv
 HOST = "127.0.0.1"
 TAG_ENV = "DEPLOYER_DEPLOYMENT"
 HOME_ENV = "DEPLOYER_STATE_HOME"  # which state started it: gc only judges its own home's servers
+PROBE_TIMEOUT_S = 10.0  # a local server answers at once or is not up yet
 
 
 def installed_engine() -> str | None:
@@ -122,6 +123,12 @@ class Provider:
     def readiness_timeout(self, spec: Spec) -> float:
         return 600.0
 
+    def probe_timeout(self) -> float:
+        return PROBE_TIMEOUT_S
+
+    def client_key(self, deployment: Deployment) -> str | None:
+        return existing_key(deployment.spec, self.settings)
+
     def probe(self, deployment: Deployment) -> str | None:
         proc = deployment.resource("process")
         if proc is None or _alive(proc.id, proc.extra.get("started")):
@@ -141,7 +148,7 @@ class Provider:
         from deployer.client import EndpointClient
 
         details = {"pid": int(proc.id), "port": proc.extra.get("port"), "log": proc.extra.get("log")}
-        key = self._key_for(deployment)
+        key = self.client_key(deployment)
         if key is None or not deployment.url or deployment.spec is None:
             return StatusReport("running", details)
         try:
@@ -151,16 +158,6 @@ class Provider:
         except Exception as exc:  # noqa: BLE001 - any failure to answer means "not ready yet"
             details["answer"] = exc.__class__.__name__
             return StatusReport("starting", details)
-
-    def _key_for(self, deployment: Deployment) -> str | None:
-        from deployer.keys import endpoint_key
-
-        if deployment.spec is None:
-            return None
-        try:
-            return endpoint_key(deployment.spec, self.settings, create=False)
-        except InputError:
-            return None
 
     def destroy(self, deployment: Deployment) -> None:
         """Stop the process group, wait for it, verify the port is closed. Idempotent."""

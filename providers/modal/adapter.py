@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from deployer.errors import ProviderError
-from deployer.keys import key_location
+from deployer.keys import existing_key, key_location
 from deployer.provider import (
     NAME_PREFIX,
     REDACTED,
@@ -133,6 +133,12 @@ class Provider:
 
     def readiness_timeout(self, spec: Spec) -> float:
         return sizing.readiness_timeout_s(spec, validate.startup_timeout(spec))
+
+    def probe_timeout(self) -> float:
+        return self.knobs.probe_timeout
+
+    def client_key(self, deployment: Deployment) -> str | None:
+        return existing_key(deployment.spec, self.settings)
 
     def probe(self, deployment: Deployment) -> str | None:
         """None while the app is deployed (Modal starts containers on demand); the reason once it is stopped."""

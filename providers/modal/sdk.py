@@ -64,7 +64,9 @@ def open_client() -> Iterator[Any]:
     modal = _modal()
     token = modal_settings.token()
     if token is None:
-        raise ProviderError(PROVIDER, "no Modal credentials found", hint=AUTH_HINT)
+        blank = modal_settings.blank_tokens()
+        raise ProviderError(PROVIDER, "no Modal credentials found" + (f" ({' and '.join(blank)} set but empty)" if blank else ""),
+                            hint=AUTH_HINT)
     try:
         client = modal.Client.from_credentials(*token)
     except modal.exception.Error as exc:

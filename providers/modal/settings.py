@@ -11,6 +11,8 @@ deployer's own:
 
     DEPLOYER_MODAL_STOP_TIMEOUT   seconds `destroy` waits for Modal to report the app stopped
     DEPLOYER_MODAL_POLL_INTERVAL  seconds between two checks while waiting
+    DEPLOYER_MODAL_PROBE_TIMEOUT  seconds one readiness request to the app may take (10; a cold
+                                  container holds it: the next attempt asks again)
 
 This module imports nothing heavy; `has_credentials` reads the SDK's config only when the
 environment does not already answer.
@@ -23,6 +25,8 @@ import os
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deployer.settings import blank_variables
+
 DEFAULT_SERVER_URL = "https://api.modal.com"
 
 
@@ -31,6 +35,7 @@ class ModalSettings(BaseSettings):
 
     stop_timeout: float = Field(120.0, gt=0)
     poll_interval: float = Field(1.0, gt=0)
+    probe_timeout: float = Field(10.0, gt=0)
 
 
 def load_settings(**overrides: object) -> ModalSettings:
@@ -52,6 +57,8 @@ def environment_name(option: str | None = None) -> str | None:
 def has_credentials() -> bool:
     """Whether a Modal token is configured: MODAL_TOKEN_ID/SECRET in the environment, or the
     active profile of the SDK's config file. Never contacts Modal."""
+    if blank_tokens():
+        return False  # the SDK lets a set variable win over the config file, even an empty one
     if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
         return True
     try:
@@ -61,10 +68,17 @@ def has_credentials() -> bool:
     return bool(config.get("token_id") and config.get("token_secret"))
 
 
+def blank_tokens() -> list[str]:
+    """MODAL_TOKEN_ID / MODAL_TOKEN_SECRET when set to nothing (`export MODAL_TOKEN_ID=`)."""
+    return blank_variables("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")
+
+
 def token() -> tuple[str, str] | None:
     """(token id, token secret) as the SDK resolves them (environment, then config profile), or
     None. Imports modal's config module."""
     from modal.config import config
 
+    if blank_tokens():
+        return None
     token_id, token_secret = config.get("token_id"), config.get("token_secret")
     return (token_id, token_secret) if token_id and token_secret else None

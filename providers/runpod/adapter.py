@@ -178,6 +178,14 @@ class Provider:
         """A first boot pulls a 10+ GB image and the weights: 15 minutes plus 20 s per billion parameters."""
         return min(3600.0, 900.0 + 20.0 * (spec.model.params_b or 8.0))
 
+    def probe_timeout(self) -> float:
+        return self.runpod.probe_timeout
+
+    def client_key(self, deployment: Deployment) -> str | None:
+        """Clients send your RunPod API key: RunPod checks it before a request reaches a worker."""
+        key = self.runpod.api_key
+        return key.get_secret_value() if key is not None else None
+
     def probe(self, deployment: Deployment) -> str | None:
         """A reason when every worker is unhealthy on two looks in a row (a crash loop), else None.
         Polls RunPod at most once per poll_interval; throttled workers may still get a GPU."""

@@ -22,6 +22,7 @@ import httpx
 
 from deployer.errors import ProviderError
 from deployer.http import ApiClient, retry_after_seconds
+from deployer.settings import blank_variables
 
 from .settings import RunPodSettings
 
@@ -42,7 +43,9 @@ class RunPodError(ProviderError):
 
 
 def missing_key_error() -> ProviderError:
-    return ProviderError(PROVIDER, "no RunPod API key found", hint=KEY_HINT)
+    blank = blank_variables("RUNPOD_API_KEY", "DEPLOYER_RUNPOD_API_KEY")
+    return ProviderError(PROVIDER, "no RunPod API key found" + (f" ({' and '.join(blank)} set but empty)" if blank else ""),
+                         hint=KEY_HINT)
 
 
 def problem_of(response: httpx.Response) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class RunPodSettings(BaseSettings):
     key_origin: str | None = None  # set by load_settings
 
     timeout: float = 30.0  # seconds per control-plane call
+    probe_timeout: float = 10.0  # seconds per readiness request (a crash-looping worker holds it open)
     retries: int = 5
     backoff: float = 0.5
     poll_interval: float = 3.0  # between status polls while draining, deleting and probing
@@ -68,7 +69,7 @@ def load_settings() -> RunPodSettings:
     Reads a file, touches no network. Raises InputError when a setting or the config file is
     malformed; a missing key is not an error here (`api_key` is None)."""
     settings = env_settings()
-    if settings.api_key is not None and settings.api_key.get_secret_value():
+    if settings.api_key is not None and settings.api_key.get_secret_value().strip():
         return settings.model_copy(update={"key_origin": "$RUNPOD_API_KEY"})
     path = settings.config_path
     try:

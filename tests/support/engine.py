@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache"
 TINY_MODEL = CACHE / "tiny-model"
 FLAGS_FILE = CACHE / "vllm-flags.json"
-# The providers' published documents (OpenAPI files, notes); CI lays shared/ beside the clone.
-SHARED = Path(os.environ.get("DEPLOYER_SHARED_DIR", REPO.parent / "shared"))
+CONTRACTS = REPO / "tests" / "contracts"
+"""The providers' documents the suite checks against, each with its provenance (README there)."""
 
 
 def free_port() -> int:

@@ -19,6 +19,8 @@ from pathlib import Path
 from deployer.provider import (
     Artifacts, Deployment, Endpoint, Owned, Recorder, Request, Secrets, StatusReport, deployment_of, resource_name,
 )
+from deployer.keys import existing_key
+from deployer.settings import Settings
 from deployer.spec import Spec
 from deployer.vllm_command import serve_argv
 from tests.support.engine import launch_vllm
@@ -92,6 +94,12 @@ class FakeProvider:
 
     def readiness_timeout(self, spec: Spec) -> float:
         return 30.0
+
+    def probe_timeout(self) -> float:
+        return 5.0
+
+    def client_key(self, deployment: Deployment) -> str | None:
+        return existing_key(deployment.spec, Settings())
 
     def status(self, deployment: Deployment) -> StatusReport:
         return StatusReport("ready" if self._find(deployment.name) else "gone")

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.engine import SHARED
+from tests.support.engine import CONTRACTS
 
 from .vm import EmulatedVm
 
-CAPTURE = SHARED / "providers" / "lambda" / "instance-types-response-2025-11.json"
+CAPTURE = CONTRACTS / "lambda" / "instance-types-response-2025-11.json"
 MAX_USER_DATA = 1_000_000
 EXTRA_REGIONS = {"us-south-1": "Texas, USA"}
 FIREWALL_FREE_REGIONS = {"us-south-1"}  # Lambda applies no firewall rules there

@@ -58,7 +58,7 @@ class LambdaTestbed:
             "name": name,
             "provider": "lambda",
             "model": {
-                "id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "bfloat16",
+                "id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "float32",
                 "engine_args": {"enforce-eager": True},
             },
             "resources": {"gpu": "H100", "count": 1},

@@ -20,9 +20,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 
-from tests.support.engine import SHARED
+from tests.support.engine import CONTRACTS
 
-SPEC_PATH = SHARED / "providers" / "lambda" / "openapi-1.10.0.json"
+SPEC_PATH = CONTRACTS / "lambda" / "openapi-1.10.0.json"
 PREFIX = "/api/v1"
 
 # Statuses Lambda answers without documenting them per operation (429 rate limits, 5xx from

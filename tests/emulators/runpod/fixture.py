@@ -77,7 +77,7 @@ def tiny_spec(name: str = "tiny", **sections: object) -> object:
 
     data: dict = {
         "name": name, "provider": "runpod",
-        "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "bfloat16",
+        "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "float32",
                   "engine_args": {"enforce-eager": True}},
         "resources": {"gpu": "L4"},
         "scaling": {"min_replicas": 0, "max_replicas": 1, "idle_timeout": 60},

@@ -18,9 +18,9 @@ from openapi_core.datatypes import RequestParameters
 from openapi_core.templating.paths.exceptions import PathNotFound
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from tests.support.engine import SHARED
+from tests.support.engine import CONTRACTS
 
-SPEC_PATH = SHARED / "providers" / "runpod" / "openapi-v2.json"
+SPEC_PATH = CONTRACTS / "runpod" / "openapi-v2.json"
 HOST_URL = "https://api.runpod.io"  # the document's server; paths carry /v2
 
 

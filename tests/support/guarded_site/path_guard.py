@@ -1,0 +1,87 @@
+"""Records every file a test process opens outside the repository, the temp dir and the system.
+
+The suite must stand alone: a fresh clone with no sibling folders passes `make test`. So while
+tests run, every Python process (pytest itself, and through `sitecustomize` every subprocess: the
+CLI, emulated workers, VMs and Modal containers, the engines) carries an audit hook that notes
+each `open` of an existing path outside:
+
+- the repository (its `.venv` and `.cache` included) and the temp dir (test homes, `HOME`);
+- the Python installation (`sys.prefix` and friends);
+- the system's own trees (/proc, /sys, /dev, /etc, /usr, /lib, /run, ...).
+
+Opening a path that does not exist reads nothing and is not noted. Notes go, one line each, to
+the file named by DEPLOYER_TEST_PATH_LOG; `tests/conftest.py` fails the test that caused them.
+Standard library only: this runs at every interpreter start while the suite is running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+LOG_ENV = "DEPLOYER_TEST_PATH_LOG"
+SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/etc", "/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/run",
+                "/var/lib", "/var/cache", "/var/tmp", "/tmp")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def allowed_roots() -> tuple[str, ...]:
+    """Directories a test process may read from (each ends with a separator)."""
+    roots = {REPO, tempfile.gettempdir(), sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             *SYSTEM_ROOTS}
+    roots = {r for r in roots if r} | {os.path.realpath(r) for r in roots if r}
+    return tuple(sorted(os.path.join(r, "") for r in roots))
+
+
+def outside(path: str, roots: tuple[str, ...]) -> bool:
+    """Whether `path` (absolute or relative to the working directory) lies outside every root,
+    symlinks followed. Costs no system call for a path that is plainly inside."""
+    if os.path.join(os.path.abspath(path), "").startswith(roots):
+        return False
+    return not os.path.join(os.path.realpath(path), "").startswith(roots)
+
+
+class _Guard:
+    def __init__(self, log_path: str) -> None:
+        self.log_path = log_path
+        self.roots = allowed_roots()
+        self.busy = False
+
+    def __call__(self, event: str, args: tuple) -> None:
+        if event != "open" or self.busy:
+            return
+        path = args[0]
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not isinstance(path, str):
+            return  # a file descriptor: what it refers to was opened (and checked) before
+        self.busy = True  # our own stat and write below raise events too
+        try:
+            if outside(path, self.roots) and os.path.exists(path):
+                self.note(path)
+        finally:
+            self.busy = False
+
+    def note(self, path: str) -> None:
+        line = f"{os.getpid()} {' '.join(sys.argv[:3])[:120]!r} opened {os.path.abspath(path)}\n"
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode(errors="replace"))
+        finally:
+            os.close(fd)
+
+
+_installed = False
+
+
+def install_from_env() -> bool:
+    """Install the audit hook when DEPLOYER_TEST_PATH_LOG is set (once per process). Audit hooks
+    cannot be removed: this lasts for the life of the process."""
+    global _installed
+    log_path = os.environ.get(LOG_ENV)
+    if _installed or not log_path:
+        return _installed
+    sys.addaudithook(_Guard(log_path))
+    _installed = True
+    return True
