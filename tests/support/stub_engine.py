@@ -15,8 +15,14 @@ outermost), and every request runs through the chain as an ASGI call before the 
 whatever a middleware answers instead is what the client gets. A middleware that fails to
 import or to build stops the server at start (exit 1), as it stops vLLM's.
 
-Environment knobs for fault injection: STUB_ENGINE_STARTUP_S (delay before listening, default
-0.2), STUB_ENGINE_EXIT_CODE (exit with it instead of serving: a crash loop).
+Generation: `max_tokens` tokens (at most 64) of "stub", `usage` counting the prompt's words as
+its tokens. `"stream": true` answers as vLLM does: server-sent events, one chunk per token,
+a last chunk with `usage` when `stream_options.include_usage` is set, then `data: [DONE]`.
+POST /v1/embeddings answers a small vector per input.
+
+Environment knobs: STUB_ENGINE_STARTUP_S (delay before listening, default 0.2),
+STUB_ENGINE_EXIT_CODE (exit with it instead of serving: a crash loop), STUB_ENGINE_TOKEN_S
+(seconds per generated token, default 0: a streaming client sees tokens arrive apart).
 """
 
 from __future__ import annotations
@@ -221,9 +227,23 @@ def serve(opts: dict) -> None:
                 return self._generate("/v1/chat/completions" if "messages" in body else "/v1/completions", body)
             if not self._authorized():
                 return
+            if self.path == "/v1/embeddings":
+                return self._embed(self._body())
             if self.path not in ("/v1/completions", "/v1/chat/completions"):
                 return self._send(404, {"detail": "Not Found"})
             self._generate(self.path, self._body())
+
+        def _embed(self, body: dict) -> None:
+            if body.get("model") != served:
+                return self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                                  "type": "NotFoundError", "param": "model", "code": 404}})
+            inputs = body.get("input")
+            inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+            words = sum(len(str(i).split()) for i in inputs)
+            self._send(200, {"object": "list", "model": served,
+                             "data": [{"object": "embedding", "index": i, "embedding": [0.5, -0.5, 0.25, len(str(x)) / 100]}
+                                      for i, x in enumerate(inputs)],
+                             "usage": {"prompt_tokens": words, "total_tokens": words}})
 
         def _generate(self, route: str, body: dict) -> None:
             if body.get("model") != served:
@@ -233,8 +253,12 @@ def serve(opts: dict) -> None:
                 return self._send(503, {"error": {"message": "engine is sleeping", "code": 503}})
             n = max(1, min(int(body.get("max_tokens") or 16), 64))
             text = " ".join(["stub"] * n)
-            usage = {"prompt_tokens": 4, "completion_tokens": n, "total_tokens": 4 + n}
+            prompt_tokens = max(1, _words(body.get("prompt")) + sum(_words(m.get("content"))
+                                                                   for m in body.get("messages") or []))
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
             now = int(time.time())
+            if body.get("stream"):
+                return self._stream(route, n, usage if (body.get("stream_options") or {}).get("include_usage") else None)
             if route == "/v1/completions":
                 return self._send(200, {"id": "cmpl-stub", "object": "text_completion", "created": now, "model": served,
                                         "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}],
@@ -244,9 +268,45 @@ def serve(opts: dict) -> None:
                                           "message": {"role": "assistant", "content": text}}],
                              "usage": usage})
 
+        def _stream(self, route: str, n: int, usage: dict | None) -> None:
+            """Server-sent events with chunked transfer encoding, one token per chunk."""
+            self._raw()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chat = route == "/v1/chat/completions"
+            base = {"id": "chatcmpl-stub" if chat else "cmpl-stub", "created": int(time.time()), "model": served,
+                    "object": "chat.completion.chunk" if chat else "text_completion"}
+
+            def event(payload: object) -> None:
+                data = f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n".encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            delay = float(os.environ.get("STUB_ENGINE_TOKEN_S", "0"))
+            for i in range(n):
+                time.sleep(delay)
+                piece = "stub" if i == 0 else " stub"
+                last = "length" if i == n - 1 else None
+                choice = ({"index": 0, "delta": {"role": "assistant", "content": piece} if i == 0 else {"content": piece},
+                           "finish_reason": last} if chat else {"index": 0, "text": piece, "finish_reason": last})
+                event({**base, "choices": [choice]})
+            if usage is not None:
+                event({**base, "choices": [], "usage": usage})
+            event("[DONE]")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
     server = ThreadingHTTPServer((flags.get("--host", "127.0.0.1"), int(flags.get("--port", 8000))), Handler)
     print(f"stub-vllm: serving {served!r} on {server.server_address}", file=sys.stderr, flush=True)
     server.serve_forever()
+
+
+def _words(content: object) -> int:
+    if isinstance(content, list):  # chat content parts
+        return sum(_words(part.get("text")) for part in content if isinstance(part, dict))
+    return len(str(content).split()) if content else 0
 
 
 def main() -> None:
