@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import CliResult
-from tests.support.engine import REPO, tiny_model as _build_tiny_model
+from tests.support.engine import IN_PROCESS_ENGINE, REPO, tiny_model as _build_tiny_model
 from tests.support.guarded_site import path_guard
 
 GUARDED_SITE = Path(path_guard.__file__).parent
@@ -31,6 +31,7 @@ os.environ["HOME"] = str(_RUN_DIR / "home")
 (_RUN_DIR / "home").mkdir()
 os.environ[path_guard.LOG_ENV] = str(PATH_LOG)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARDED_SITE), os.environ.get("PYTHONPATH")]))
+os.environ.update(IN_PROCESS_ENGINE)
 path_guard.install_from_env()
 
 
