@@ -32,8 +32,11 @@ demo: model
 demo-destroy: $(STAMP)
 	$(VENV)/bin/deployer destroy tiny
 
+# Two workers, whole files each: most tests wait on emulated clocks and engine starts, so two
+# run in about the time of one. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: model
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: model
 	$(PY) bench/bench_cli.py

@@ -42,7 +42,7 @@ def write_spec(path: Path, *, max_replicas: int = 1, idle_timeout: int = 60, rea
 
 def test_cli_deploy_chat_redeploy_update_destroy(runpod_emulator: RunPodEmulator, tmp_path: Path) -> None:
     emu = runpod_emulator
-    config = write_spec(tmp_path / "tiny.yaml")
+    config = write_spec(tmp_path / "tiny.yaml", idle_timeout=1200)  # x0.02: 24 s, so `logs` below finds the worker
 
     deployed = cli("deploy", str(config), "--json")
     assert deployed.returncode == 0, deployed.stderr
@@ -63,12 +63,12 @@ def test_cli_deploy_chat_redeploy_update_destroy(runpod_emulator: RunPodEmulator
     assert json.loads(again.stdout)["action"] == "unchanged"
     assert len(emu.calls(method="POST")) + len(emu.calls(method="PATCH")) == writes
 
-    write_spec(config, max_replicas=2, idle_timeout=120)
+    write_spec(config, max_replicas=2, idle_timeout=1800)
     updated = cli("deploy", str(config), "--json")
     assert updated.returncode == 0, updated.stderr
     assert json.loads(updated.stdout)["action"] == "updated"
     [patch] = emu.calls(method="PATCH")
-    assert patch.body == {"workers": {"min": 0, "max": 2, "idleTimeout": 120}}
+    assert patch.body == {"workers": {"min": 0, "max": 2, "idleTimeout": 1800}}
     [same] = emu.endpoints()
     assert same["id"] == endpoint["id"] and same["workers"]["max"] == 2 and len(emu.calls(method="POST")) == 1
 
