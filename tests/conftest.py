@@ -25,10 +25,15 @@ from tests.support.engine import IN_PROCESS_ENGINE, REPO, tiny_model as _build_t
 from tests.support.guarded_site import path_guard
 
 GUARDED_SITE = Path(path_guard.__file__).parent
+# A pytest-xdist worker inherits the controller's environment: it keeps the controller's HOME and
+# takes a log of its own (so each test is charged only with its own opens); what no test of the
+# worker was charged with goes to the controller's log, which fails the run at its end.
+_CONTROLLER_LOG = os.environ.get(path_guard.LOG_ENV) if os.environ.get("PYTEST_XDIST_WORKER") else None
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="deployer-suite-"))
 PATH_LOG = _RUN_DIR / "opened-outside.log"
-os.environ["HOME"] = str(_RUN_DIR / "home")
-(_RUN_DIR / "home").mkdir()
+if _CONTROLLER_LOG is None:
+    os.environ["HOME"] = str(_RUN_DIR / "home")
+    (_RUN_DIR / "home").mkdir()
 os.environ[path_guard.LOG_ENV] = str(PATH_LOG)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARDED_SITE), os.environ.get("PYTHONPATH")]))
 os.environ.update(IN_PROCESS_ENGINE)
@@ -70,7 +75,10 @@ def _stays_inside_the_repo() -> Iterator[None]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Opens outside the repository that no test was charged with still fail the run."""
     late = "".join(_LATE) + OUTSIDE_OPENS.take()
-    if late:
+    if late and _CONTROLLER_LOG:
+        with open(_CONTROLLER_LOG, "a") as handle:
+            handle.write(late)
+    elif late:
         session.config.get_terminal_writer().line(
             "FAILED: files outside the repository were opened between tests:\n" + late, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -43,8 +43,10 @@ def outside(path: str, roots: tuple[str, ...]) -> bool:
 
 
 class _Guard:
-    def __init__(self, log_path: str) -> None:
-        self.log_path = log_path
+    """The audit hook. The log is looked up when a note is written, so a process may change
+    DEPLOYER_TEST_PATH_LOG after start-up (pytest-xdist workers each take their own)."""
+
+    def __init__(self) -> None:
         self.roots = allowed_roots()
         self.busy = False
 
@@ -64,24 +66,27 @@ class _Guard:
             self.busy = False
 
     def note(self, path: str) -> None:
+        log_path = os.environ.get(LOG_ENV)
+        if not log_path:
+            return
         line = f"{os.getpid()} {' '.join(sys.argv[:3])[:120]!r} opened {os.path.abspath(path)}\n"
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode(errors="replace"))
         finally:
             os.close(fd)
 
 
-_installed = False
+_MARK = "_deployer_path_guard"  # on `sys`: this module may be imported under two names
 
 
 def install_from_env() -> bool:
-    """Install the audit hook when DEPLOYER_TEST_PATH_LOG is set (once per process). Audit hooks
+    """Install the audit hook when DEPLOYER_TEST_PATH_LOG is set, once per process. Audit hooks
     cannot be removed: this lasts for the life of the process."""
-    global _installed
-    log_path = os.environ.get(LOG_ENV)
-    if _installed or not log_path:
-        return _installed
-    sys.addaudithook(_Guard(log_path))
-    _installed = True
+    if getattr(sys, _MARK, False):
+        return True
+    if not os.environ.get(LOG_ENV):
+        return False
+    sys.addaudithook(_Guard())
+    setattr(sys, _MARK, True)
     return True
