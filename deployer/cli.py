@@ -359,6 +359,7 @@ def schema() -> None:
 
 
 def _register_optional_commands() -> None:
+    __import__("deployer.benchmark.cli", fromlist=["register"]).register(app)  # `bench` (typer only at import)
     try:
         from .costing.cli import register
     except ImportError:
