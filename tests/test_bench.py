@@ -175,6 +175,7 @@ def test_stream_timings_and_token_counts_against_the_stub(tmp_path: Path, tiny_m
     for r in results:
         assert 0.02 <= r.ttft_s < r.e2e_s  # the stub sleeps 0.02 s before every token
         assert r.chunks == r.completion_tokens == 5 and len(r.gaps_s) == 4
+        assert r.tpot_s == pytest.approx(sum(r.gaps_s) / 4, rel=0.01)
         assert min(r.gaps_s) >= 0.015
         assert r.prompt_tokens == 12  # the stub counts words: the prompt has exactly P of them
     summary = stats.summarize(results, planned=6, duration_s=run.duration_s)
@@ -230,7 +231,7 @@ def test_bench_json_table_storage_and_cost_measured(cli, home: Path, served) -> 
 
     table = cli("bench", "stubby", *SMALL)
     assert table.code == 0, table
-    assert "TTFT (ms)" in table.out and "errors: none" in table.out and "chunk counts equal usage" in table.out
+    assert "TTFT (ms)" in table.out and "errors: none" in table.out and "one chunk per token" in table.out
     state = StateStore(home)
     stored = state.benchmarks("stubby")
     assert [b["seq"] for b in stored] == [2, 1] and stored[1]["result"]["duration_s"] == doc["duration_s"]

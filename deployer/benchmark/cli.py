@@ -174,6 +174,7 @@ def render(report: dict[str, Any], out: Any) -> None:
     for column in ("mean", "p50", "p90", "p99", "max"):
         table.add_column(column, justify="right")
     for label, key, scale, digits in (("TTFT (ms)", "ttft_s", 1000, 1), ("inter-token latency (ms)", "itl_s", 1000, 2),
+                                      ("time per output token (ms)", "tpot_s", 1000, 2),
                                       ("end-to-end latency (s)", "e2e_s", 1, 3)):
         dist = report[key] or {}
         table.add_row(label, *(_num(dist.get(k), scale, digits) for k in ("mean", "p50", "p90", "p99", "max")))
@@ -181,8 +182,13 @@ def render(report: dict[str, Any], out: Any) -> None:
     out.print(f"throughput: {_num(speed['requests_per_s'], digits=2)} requests/s, "
               f"{_num(speed['output_tokens_per_s'], digits=1)} output tokens/s, "
               f"{_num(speed['seconds_per_request'])} s per request at concurrency {s['concurrency']}")
-    agree = "chunk counts equal usage" if tokens["chunks_equal_usage"] else \
-        f"[yellow]chunk counts differ from usage in requests {tokens['mismatched_requests']}[/]"
+    if tokens["chunks_equal_usage"]:
+        agree = "one chunk per token"
+    elif tokens["chunks_total"] < tokens["output_total"]:
+        agree = (f"{tokens['chunks_total']} chunks: vLLM merged tokens into one chunk in {tokens['mismatched_count']} "
+                 "request(s), so inter-token gaps there span several tokens; time per output token is exact")
+    else:
+        agree = f"[yellow]chunk counts differ from usage in {tokens['mismatched_count']} request(s)[/]"
     out.print(f"tokens: {tokens['output_total']} output ({_num(tokens['output_per_request_mean'], digits=1)} per request; "
               f"{agree}), prompt {_num(tokens['prompt_counted_mean'], digits=1)} per request (the server's count)")
     if report["errors"]:

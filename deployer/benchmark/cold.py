@@ -51,7 +51,7 @@ def measure(orch: Orchestrator, target: Target, spec: LoadSpec, progress: Callab
     def record(kind: str, id: str, /, **extra: Any) -> None:
         orch.state.record_resource(deployment.name, deployment.provider, kind, id, **extra)
 
-    progress(f"making {deployment.name} cold on {deployment.provider} (waits up to {wait:.0f} s for scale-down)")
+    progress(f"making {deployment.name} cold on {deployment.provider} (up to {wait:.0f} s)")
     began = time.monotonic()
     with lock(orch.settings.ensure_home(), deployment.name):
         how = make_cold(deployment, record, wait)

@@ -7,9 +7,12 @@ comes back in `usage.prompt_tokens`), and `max_tokens: T` with vLLM's `ignore_eo
 request generates exactly T tokens and runs are comparable. Each prompt is a different shuffle
 of the words, so vLLM's prefix cache cannot make later requests look faster than the first.
 
-Timings (time.monotonic): TTFT is request sent -> first chunk carrying a choice (one token per
-chunk in vLLM's stream); inter-token latencies are the gaps between such chunks; end-to-end is
-sent -> stream finished. Nothing here raises for a failed request: it becomes a result with an
+Timings (time.monotonic): TTFT is request sent -> first chunk carrying a choice; inter-token
+latencies are the gaps between such chunks; end-to-end is sent -> stream finished. vLLM sends one
+chunk per token while the client keeps up, and merges the tokens generated meanwhile into one
+chunk when it does not (its output collector coalesces), so a chunk may carry several tokens:
+the chunk count is checked against `usage`, and the time per output token (first -> last chunk
+over the usage's tokens after the first) is exact either way. Nothing here raises for a failed request: it becomes a result with an
 error kind (`http_<status>`, `timeout`, `connect`, `stream_broken`, `error_event`: an error object
 inside a 200 stream, as vLLM and RunPod's worker send them) and a short message without the key.
 """
@@ -60,13 +63,21 @@ class RequestResult:
     ttft_s: float | None = None
     e2e_s: float | None = None
     gaps_s: list[float] = field(default_factory=list)
-    chunks: int = 0  # chunks carrying a choice (one token each in vLLM's stream)
+    chunks: int = 0  # chunks carrying a choice (one token each, unless vLLM merged some)
+    decode_s: float | None = None  # first -> last such chunk
     prompt_tokens: int | None = None  # from usage: the server's count
     completion_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first, from the usage's token count."""
+        if self.decode_s is None or not self.completion_tokens or self.completion_tokens < 2:
+            return None
+        return self.decode_s / (self.completion_tokens - 1)
 
 
 def prompt(index: int, words: int) -> str:
@@ -141,6 +152,7 @@ async def _stream(http: httpx.AsyncClient, endpoint: Endpoint, spec: LoadSpec, i
                     result.gaps_s.append(now - last)
                 last = now
                 result.chunks += 1
+                result.decode_s = now - result.sent_at - result.ttft_s
             usage = chunk.get("usage")
             if isinstance(usage, dict):
                 result.prompt_tokens = usage.get("prompt_tokens")

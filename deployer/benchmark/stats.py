@@ -1,5 +1,8 @@
 """Figures from request results: distributions, throughput, tokens and errors, as plain data.
 
+Latencies: TTFT, inter-token (gaps between chunks), time per output token (per request: first
+-> last chunk over the usage's tokens after the first), end-to-end.
+
 Percentiles interpolate linearly between the two nearest ranks (numpy's default), so p50 of
 [1, 2, 3, 4] is 2.5. Throughput counts successful requests over the wall-clock duration of the
 run (first request sent -> last one finished): `seconds_per_request` = duration / successes is what
@@ -59,13 +62,16 @@ def summarize(results: Sequence[RequestResult], *, planned: int, duration_s: flo
         "duration_s": duration_s,
         "ttft_s": distribution([r.ttft_s for r in ok if r.ttft_s is not None]),
         "itl_s": distribution([gap for r in ok for gap in r.gaps_s]),
+        "tpot_s": distribution([r.tpot_s for r in ok if r.tpot_s is not None]),
         "e2e_s": distribution([r.e2e_s for r in ok if r.e2e_s is not None]),
         "tokens": {
             "prompt_counted_mean": sum(prompt_counts) / len(prompt_counts) if prompt_counts else None,
             "output_total": output_total,
             "output_per_request_mean": output_total / len(usage) if usage else None,
+            "chunks_total": sum(r.chunks for r in ok),
             "without_usage": len(ok) - len(usage),
             "chunks_equal_usage": not mismatched and len(usage) == len(ok),
+            "mismatched_count": len(mismatched),
             "mismatched_requests": mismatched[:20],
         },
         "throughput": {

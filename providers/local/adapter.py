@@ -165,9 +165,14 @@ class Provider:
             return StatusReport("starting", details)
 
     def destroy(self, deployment: Deployment) -> None:
-        """Stop the process group, wait for it, verify the port is closed. Idempotent."""
-        for proc in [r for r in deployment.resources if r.kind == "process"]:
+        """Stop the process groups, wait for them, verify their ports are closed. Idempotent.
+
+        Every recorded process is stopped before any port is checked: a restarted server
+        (`make_cold`) listens on the port its predecessor was recorded with."""
+        procs = [r for r in deployment.resources if r.kind == "process"]
+        for proc in procs:
             _stop_group(proc.id, proc.extra.get("started"))
+        for proc in procs:
             port = proc.extra.get("port")
             deadline = time.monotonic() + 10
             while port and _port_open(port):
