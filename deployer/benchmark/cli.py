@@ -110,7 +110,7 @@ def run(name: str, spec: Any, *, cold: bool) -> dict[str, Any]:
     try:
         if cold:
             report["cold"] = cold_mod.measure(orch, target, spec, lambda m: console.print(f"[dim]…[/] {_escape(m)}"))
-        with _bar(console, name, spec.requests) as bar:
+        with _ProgressBar(console, name, spec.requests) as bar:
             load.on_result = bar
             asyncio.run(load.run())
     except KeyboardInterrupt:
@@ -121,7 +121,7 @@ def run(name: str, spec: Any, *, cold: bool) -> dict[str, Any]:
     return report
 
 
-class _bar:
+class _ProgressBar:
     """A rich progress bar on stderr, advanced once per finished request (errors counted)."""
 
     def __init__(self, console: Any, name: str, total: int) -> None:
@@ -132,7 +132,7 @@ class _bar:
         self.task = self.progress.add_task(f"bench {name}", total=total, errors=0)
         self.errors = 0
 
-    def __enter__(self) -> _bar:
+    def __enter__(self) -> _ProgressBar:
         self.progress.start()
         return self
 
@@ -201,7 +201,7 @@ def render(report: dict[str, Any], out: Any) -> None:
     if cold:
         measured = f"{cold['measured_s']:.2f} s" if cold["measured_s"] is not None else \
             f"[red]failed[/] ({cold['error']}: {escape(cold['error_detail'] or '')})"
-        out.print(f"cold start: {measured} (request -> first token, {cold['attempts']} attempt(s)); "
+        out.print(f"cold start: {measured} (cold -> first token, {cold['attempts']} request(s) sent); "
                   f"{escape(cold['how'])}")
         predicted = cold["predicted"]
         if predicted:
