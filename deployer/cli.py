@@ -359,11 +359,12 @@ def schema() -> None:
 
 
 def _register_optional_commands() -> None:
-    try:
-        from .costing.cli import register
-    except ImportError:
-        return
-    register(app)
+    """Commands kept in their own packages; registering one imports only typer."""
+    from .benchmark.cli import register as register_bench
+    from .costing.cli import register as register_cost
+
+    for register in (register_cost, register_bench):
+        register(app)
 
 
 def main() -> None:

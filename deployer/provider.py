@@ -223,3 +223,25 @@ class Provider(Protocol):
     def has_credentials(self) -> bool:
         """Whether this backend can talk to its provider (for `gc` and live prices)."""
         ...
+
+    # Optional: `deployer bench --cold` calls it when the backend has it (a backend without it
+    # cannot have a cold start measured).
+
+    def make_cold(self, deployment: Deployment, record: Recorder, timeout: float) -> str:
+        """Bring the deployment to where its very next request pays a full cold start; return one
+        line saying what was done (shown in the bench report).
+
+        A backend that scales to zero changes nothing: it blocks, polling the provider, until the
+        provider reports no worker or container for the deployment (the scale-down window has
+        passed), and returns then. A backend that cannot start on demand (local) stops what serves
+        the deployment and starts it again from what was recorded, records new ids through
+        `record`, and returns as soon as it is started, not serving: the cold start runs from that
+        moment. Either way the caller times its first request to the first token, retrying while
+        the endpoint refuses connections or answers 502/503, and the URL stays the same.
+
+        Idempotent: on a deployment already cold it returns at once (a restart-based backend
+        starts it again, which leaves it just as cold). Blocks at most `timeout` seconds for
+        scale-down. Raises InputError when the deployment can never be cold (a VM; warm
+        `scaling.min_replicas`), ProviderError in the provider's terms when the provider fails,
+        the deployment is gone, or workers are still reported after `timeout`."""
+        ...

@@ -62,6 +62,17 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL,
     at REAL NOT NULL
 );
+-- deployer bench results. Additive: an older database gains the table on open (every statement
+-- here is IF NOT EXISTS), and an older deployer ignores it, so SCHEMA_VERSION stays as it is.
+CREATE TABLE IF NOT EXISTS benchmarks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    at REAL NOT NULL,
+    result_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS benchmarks_by_name ON benchmarks (name, provider, at);
 """
 _SUSPICIOUS_KEYS = ("key", "token", "secret", "password")
 
@@ -223,6 +234,28 @@ class StateStore:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self._db.execute("SELECT * FROM events WHERE name=? ORDER BY seq", (name,))]
+
+    # -- benchmarks (deployer bench) -------------------------------------------------------
+    # Results outlive the deployment they measured (destroy keeps them, as history); each row
+    # carries the spec hash it was measured on, so a reader can tell a stale measurement.
+
+    def record_benchmark(self, name: str, provider: str, spec_hash: str, result: dict[str, Any]) -> int:
+        """Store one bench result (plain data, no secret) now; returns its sequence number."""
+        with self._tx():
+            cursor = self._db.execute(
+                "INSERT INTO benchmarks (name, provider, spec_hash, at, result_json) VALUES (?,?,?,?,?)",
+                (name, provider, spec_hash, time.time(), json.dumps(result, sort_keys=True)),
+            )
+            self._event(name, provider, "benchmark", f"#{cursor.lastrowid}")
+            return int(cursor.lastrowid or 0)
+
+    def benchmarks(self, name: str, provider: str | None = None) -> list[dict[str, Any]]:
+        """Stored bench results of `name` (on `provider`, when given), newest first: each
+        {"seq", "name", "provider", "spec_hash", "at", "result"}."""
+        query = "SELECT * FROM benchmarks WHERE name=?" + (" AND provider=?" if provider else "")
+        rows = self._db.execute(query + " ORDER BY at DESC, seq DESC", (name, provider) if provider else (name,))
+        return [{**{k: r[k] for k in ("seq", "name", "provider", "spec_hash", "at")},
+                 "result": json.loads(r["result_json"])} for r in rows]
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests.support.bench_checks import plausible
 from tests.support.engine import REPO
 
 pytestmark = pytest.mark.engine
@@ -96,10 +97,36 @@ def test_deploy_chat_redeploy_kill_recover_destroy(cli, home: Path, tiny_model: 
     new_port = int(revived.json()["url"].rsplit(":", 1)[1].split("/")[0])
     new_pid = int(next(r["id"] for r in revived.json()["resources"] if r["kind"] == "process"))
 
+    # deployer bench: a warm run, then --cold (restarts the server), then the cost of what it measured
+    warm = cli("bench", "tiny", "--requests", "8", "--concurrency", "2", "--prompt-tokens", "32",
+               "--max-tokens", "16", "--json")
+    outputs.append(warm)
+    assert warm.code == 0, warm
+    plausible(warm.json(), 8, 16, 32)
+    cold = cli("bench", "tiny", "--cold", "--requests", "2", "--concurrency", "1", "--prompt-tokens", "16",
+               "--max-tokens", "8", "--json")
+    outputs.append(cold)
+    assert cold.code == 0, cold
+    plausible(cold.json(), 2, 8, 16)
+    measured = cold.json()["cold"]
+    assert measured["error"] is None and "started it again" in measured["how"], measured
+    # a vLLM start takes seconds, and nothing listened at first: the request was sent again
+    assert measured["measured_s"] > 2 and measured["attempts"] > 1 and measured["ttft_s"] < measured["measured_s"]
+    assert measured["predicted"] is None and "no resources.gpu" in measured["predicted_note"]
+    restarted = cli("status", "tiny", "--json").json()[0]
+    assert restarted["state"] == "ready" and restarted["url"] == revived.json()["url"]
+    cold_pid = int(restarted["resources"][-1]["id"])
+    assert cold_pid != new_pid and not pid_alive(new_pid)
+    cost = cli("cost", "tiny", "--measured", "--requests-per-hour", "600", "--json")
+    outputs.append(cost)
+    assert cost.code == 0, cost
+    assert cost.json()["measured"]["cold_start_s"] == measured["measured_s"]
+    assert cost.json()["measured"]["seconds_per_request"] == cold.json()["throughput"]["seconds_per_request"]
+
     destroyed = cli("destroy", "tiny", "--json")
     outputs.append(destroyed)
     assert destroyed.code == 0 and destroyed.json()["destroyed"] == ["local"]
-    assert not pid_alive(new_pid) and not port_open(new_port)
+    assert not pid_alive(cold_pid) and not port_open(new_port)
     assert cli("list", "--json").json() == []
 
     # The key and the HF token appeared nowhere: not in state, logs, rendered files or any output.

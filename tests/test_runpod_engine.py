@@ -1,5 +1,6 @@
 """RunPod with the real vLLM engine: the CLI deploys, the emulated worker starts vLLM on this CPU
-from the endpoint's env exactly as RunPod's worker would, a client chats at the printed URL."""
+from the endpoint's env exactly as RunPod's worker would, a client chats at the printed URL and
+`deployer bench` measures it through RunPod's OpenAI route."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from openai import OpenAI
 
 from tests.emulators.runpod import RunPodEmulator
 from tests.emulators.runpod.fixture import start_runpod, tiny_spec  # noqa: F401
+from tests.support.bench_checks import plausible
 from tests.support.engine import REPO
 
 
@@ -42,6 +44,15 @@ def test_real_engine_deploy_chat_redeploy_destroy(start_runpod: object, tmp_path
                                           max_tokens=4, temperature=0)
     assert chat.model == "tiny" and chat.usage.completion_tokens >= 1
     assert "vllm" in worker.engine.log().lower()
+
+    bench = cli("bench", "tiny-real", "--requests", "6", "--concurrency", "2", "--prompt-tokens", "24",
+                "--max-tokens", "12", "--json")
+    assert bench.returncode == 0, bench.stderr
+    plausible(json.loads(bench.stdout), 6, 12, 24)
+    assert emu.api_key not in bench.stdout + bench.stderr
+    streamed = [e for e in emu.exchanges if e.path.endswith("/openai/v1/completions")
+                and isinstance(e.body, dict) and e.body.get("stream") is True]
+    assert len(streamed) == 6 and all(e.body["max_tokens"] == 12 for e in streamed)
 
     again = cli("deploy", str(config), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["action"] == "unchanged", again.stderr

@@ -25,10 +25,17 @@ def register(app: typer.Typer) -> None:
         hours_per_day: Optional[float] = typer.Option(None, "--hours-per-day", help="Hours a day the traffic runs (default 24)."),
         pricing: Optional[str] = typer.Option(None, "--pricing", help="Price override file (YAML/JSON; default: $DEPLOYER_PRICING)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else."),
+        measured: bool = typer.Option(False, "--measured", help="Price with what `deployer bench` measured (seconds per request, cold start) beside the assumed figures; CONFIG may then be a deployment name."),
     ) -> None:
         """Cost per request and per month on every provider that can host the spec's GPUs, the
         break-even with always-on, and a recommendation. Prices: shipped (dated), live with a
         provider key, or overridden by --pricing."""
+        if measured:
+            from .measured import show
+
+            return show(config, as_json=as_json, requests_per_hour=requests_per_hour, pricing=pricing,
+                        seconds_per_request=seconds_per_request, tokens_per_request=tokens_per_request,
+                        hours_per_day=hours_per_day)
         doc = run(config, requests_per_hour=requests_per_hour, seconds_per_request=seconds_per_request,
                   tokens_per_request=tokens_per_request, hours_per_day=hours_per_day, pricing=pricing)
         from deployer.console import print_json, stdout_console

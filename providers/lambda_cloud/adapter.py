@@ -100,6 +100,16 @@ class Provider:
     def has_credentials(self) -> bool:
         return self.lambda_settings().api_key is not None
 
+    def make_cold(self, deployment: Deployment, record: Recorder, timeout: float) -> str:
+        """Always refused: a Lambda deployment is a VM that serves until destroyed and never scales
+        to zero, so no request ever pays a cold start (the VM's start is paid once per deploy).
+        Raises InputError, touching nothing."""
+        raise InputError(
+            f"{deployment.name} runs on a Lambda VM, which never scales to zero: no request pays a cold start",
+            hint=f"run `deployer bench {deployment.name}` without --cold; the VM's start, paid once per deploy, "
+                 "is in `deployer cost`",
+        )
+
     # -- render ---------------------------------------------------------------------------
 
     def render(self, spec: Spec, secrets: Secrets) -> Artifacts:

@@ -108,17 +108,22 @@ class Provider:
         port = spec.options("local").port or _free_port()
         if _port_open(port):
             raise DeployerError(f"port {port} on {HOST} is already in use", hint="set providers.local.port to another port")
-        log_path = self.settings.path("logs", f"{spec.name}.log")
-        env = {**os.environ, "PORT": str(port), "VLLM_API_KEY": secrets.api_key,
-               "DEPLOYER_PYTHON": sys.executable, TAG_ENV: spec.name, HOME_ENV: str(self.settings.home)}
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                ["/bin/sh", str(script)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True, close_fds=True,
-            )
-        record("process", str(proc.pid), port=port, started=_start_time(proc.pid), log=str(log_path))
+        self._start(spec.name, secrets.api_key, port, record)
         return Endpoint(url=f"http://{HOST}:{port}/v1", api_key=secrets.api_key, model=spec.model.served,
                         key_source=f"the deployment's API key ({key_location(spec, self.settings)})")
+
+    def _start(self, name: str, api_key: str, port: int, record: Recorder) -> int:
+        """Run serve.sh detached in its own process group on `port`; record and return its pid."""
+        log_path = self.settings.path("logs", f"{name}.log")
+        env = {**os.environ, "PORT": str(port), "VLLM_API_KEY": api_key,
+               "DEPLOYER_PYTHON": sys.executable, TAG_ENV: name, HOME_ENV: str(self.settings.home)}
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                ["/bin/sh", str(script_path(self.settings, name))], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True,
+            )
+        record("process", str(proc.pid), port=port, started=_start_time(proc.pid), log=str(log_path))
+        return proc.pid
 
     def readiness_timeout(self, spec: Spec) -> float:
         return 600.0
@@ -160,9 +165,14 @@ class Provider:
             return StatusReport("starting", details)
 
     def destroy(self, deployment: Deployment) -> None:
-        """Stop the process group, wait for it, verify the port is closed. Idempotent."""
-        for proc in [r for r in deployment.resources if r.kind == "process"]:
+        """Stop the process groups, wait for them, verify their ports are closed. Idempotent.
+
+        Every recorded process is stopped before any port is checked: a restarted server
+        (`make_cold`) listens on the port its predecessor was recorded with."""
+        procs = [r for r in deployment.resources if r.kind == "process"]
+        for proc in procs:
             _stop_group(proc.id, proc.extra.get("started"))
+        for proc in procs:
             port = proc.extra.get("port")
             deadline = time.monotonic() + 10
             while port and _port_open(port):
@@ -204,6 +214,28 @@ class Provider:
 
     def has_credentials(self) -> bool:
         return True
+
+    def make_cold(self, deployment: Deployment, record: Recorder, timeout: float) -> str:
+        """Stop the recorded server (as `destroy` does: process group, port closed) and start the
+        same serve.sh again on the same port, so the URL stays; returns once it is started, not
+        serving. The cold start is the whole vLLM start on this machine. Idempotent (each call is
+        one restart). Raises DeployerError when nothing runnable is recorded or the port is taken."""
+        proc = deployment.resource("process")
+        script = script_path(self.settings, deployment.name)
+        port = proc.extra.get("port") if proc else None
+        if deployment.spec is None or not port or not script.exists():
+            raise DeployerError(f"{deployment.name!r} has no recorded server to restart",
+                                hint=f"`deployer deploy` it again (its serve.sh belongs in {script.parent})")
+        key = self.client_key(deployment)
+        if key is None:
+            raise DeployerError(f"the key of {deployment.name!r} is not at hand ({key_location(deployment.spec, self.settings)})",
+                                hint="restore it, or `deployer deploy` again")
+        self.destroy(deployment)
+        if _port_open(port):
+            raise DeployerError(f"port {port} on {HOST} was taken by another process while {deployment.name} restarted",
+                                hint="`deployer deploy` it again (or set providers.local.port)")
+        pid = self._start(deployment.name, key, port, record)
+        return f"stopped the local vLLM server and started it again (pid {pid}, port {port})"
 
 
 # -- processes --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from deployer.errors import ProviderError
+from deployer.errors import InputError, ProviderError
 from deployer.keys import existing_key, key_location
 from deployer.provider import (
     NAME_PREFIX,
@@ -179,6 +179,44 @@ class Provider:
                   f"the app {app.id} stays deployed; idle containers scale to zero, so it bills nothing "
                   f"while unused (`deployer destroy {deployment.name}` removes it)")
         return f"last Modal log lines:\n{tail}\n{action}"
+
+    # -- cold starts (deployer bench --cold) ----------------------------------------------
+
+    def make_cold(self, deployment: Deployment, record: Recorder, timeout: float) -> str:
+        """Wait, changing nothing, until Modal lists the deployed app with no running container
+        (the scale-down window, scaling.idle_timeout, passed without requests), so the next
+        request starts one. Polls every poll_interval for up to `timeout` s. Idempotent. Raises
+        InputError when warm containers are configured (min_replicas, buffer_containers),
+        ProviderError when the app is stopped or gone, or still runs containers at the end."""
+        from . import sdk
+
+        spec = deployment.spec
+        if spec is not None and (spec.scaling.min_replicas or spec.options("modal").buffer_containers):
+            raise InputError(
+                f"{deployment.name} keeps warm Modal containers (scaling.min_replicas or providers.modal."
+                "buffer_containers), so it never scales to zero: no request pays a cold start",
+                hint=f"run `deployer bench {deployment.name}` without --cold, or deploy with both at 0")
+        app = self._app_id(deployment)
+        if app is None:
+            raise ProviderError(self.name, f"no Modal app is recorded for {deployment.name}",
+                                hint=f"`deployer deploy` it first; `deployer status {deployment.name}` shows where it is")
+        env = app.extra.get("environment")
+        began = time.monotonic()
+        with sdk.open_client() as client:
+            while True:
+                state = sdk.app_state(client, app.id, env)
+                if state is None or state.stopped_at is not None:
+                    raise ProviderError(self.name, f"the Modal app {app.id} is {'gone' if state is None else 'stopped'}",
+                                        hint=f"`deployer deploy` {deployment.name} again")
+                waited = time.monotonic() - began
+                if state.containers == 0:
+                    return f"Modal listed app {app.id} with no running container after {waited:.1f} s"
+                if waited >= timeout:
+                    raise ProviderError(
+                        self.name, f"the Modal app {app.id} still runs {state.containers} container(s) after "
+                        f"{timeout:.0f} s", hint="its scale-down window (scaling.idle_timeout) must pass without "
+                        "requests: stop other traffic to it and retry")
+                time.sleep(self.knobs.poll_interval)
 
     # -- status / destroy -----------------------------------------------------------------
 

@@ -309,6 +309,45 @@ class Provider:
             details["workers"] = "none running (scaled to zero; the next request starts one)"
         return StatusReport(state, details)
 
+    # -- cold starts (deployer bench --cold) ------------------------------------------------
+
+    def make_cold(self, deployment: Deployment, record: Recorder, timeout: float) -> str:
+        """Wait, changing nothing, until RunPod's `GET /v2/{id}/health` reports no worker in any
+        state and no job queued or running: the endpoint has scaled to zero (its idle timeout
+        passed without requests), so the next request starts a worker. Polls every poll_interval
+        for up to `timeout` s. Idempotent. Raises InputError when `scaling.min_replicas` keeps
+        active workers, ProviderError when the endpoint is gone or still has workers at the end."""
+        spec = deployment.spec
+        if spec is not None and spec.scaling.min_replicas:
+            raise InputError(
+                f"{deployment.name} keeps {spec.scaling.min_replicas} active RunPod worker(s) (scaling.min_replicas), "
+                "so it never scales to zero: no request pays a cold start",
+                hint=f"run `deployer bench {deployment.name}` without --cold, or deploy with scaling.min_replicas: 0")
+        resource = deployment.resource("endpoint")
+        if resource is None:
+            raise ProviderError(PROVIDER, f"no RunPod endpoint is recorded for {deployment.name}",
+                                hint=f"`deployer deploy` it first; `deployer status {deployment.name}` shows where it is")
+        began = time.monotonic()
+        with self._api() as api:
+            while True:
+                health = api.health(resource.id)
+                if health is None:
+                    raise ProviderError(PROVIDER, f"endpoint {resource.id} no longer exists on RunPod",
+                                        hint=f"`deployer deploy` {deployment.name} again")
+                workers = {k: v for k, v in (health.get("workers") or {}).items() if k in WORKER_COUNTS and v}
+                jobs = health.get("jobs") or {}
+                busy = (jobs.get("inQueue") or 0) + (jobs.get("inProgress") or 0)
+                waited = time.monotonic() - began
+                if not workers and not busy:
+                    return f"RunPod's /health reported no worker on endpoint {resource.id} after {waited:.1f} s"
+                if waited >= timeout:
+                    left = ", ".join(f"{k}={v}" for k, v in workers.items()) or "none"
+                    raise ProviderError(
+                        PROVIDER, f"endpoint {resource.id} still has workers ({left}) and {busy} job(s) after "
+                        f"{timeout:.0f} s", hint="its idle timeout (scaling.idle_timeout) must pass without requests "
+                        "before RunPod scales it to zero: stop other traffic to it and retry")
+                time.sleep(self.runpod.poll_interval)
+
     # -- destroy ----------------------------------------------------------------------------
 
     def destroy(self, deployment: Deployment) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from deployer.provider import (
     Artifacts, Deployment, Endpoint, Owned, Recorder, Request, Secrets, StatusReport, deployment_of, resource_name,
 )
+from deployer.errors import ProviderError
 from deployer.keys import existing_key
 from deployer.settings import Settings
 from deployer.spec import Spec
@@ -52,6 +53,7 @@ class FakeProvider:
         self.kill_after_record = False
         self.creates = 0
         self.broken = False  # the endpoint never answers
+        self.colds = 0  # make_cold calls
 
     def render(self, spec: Spec, secrets: Secrets) -> Artifacts:
         body = {"name": resource_name(spec.name), "argv": serve_argv(spec, api_key=secrets.api_key)}
@@ -122,6 +124,25 @@ class FakeProvider:
 
     def has_credentials(self) -> bool:
         return True
+
+    def make_cold(self, deployment: Deployment, record: Recorder, timeout: float) -> str:
+        """Like a backend that cannot start on demand: stop the server, start it again on the same
+        port (new id, recorded), return at once. Raises ProviderError when the cloud has none."""
+        found = self._find(deployment.name)
+        if found is None or deployment.spec is None:
+            raise ProviderError(self.name, f"no server of {deployment.name} in the fake cloud")
+        old_id, server = found
+        _kill(server["pid"])
+        argv = serve_argv(deployment.spec, api_key=existing_key(deployment.spec, Settings()))
+        engine = launch_vllm(argv, port=server["port"], log_path=self.log_dir / f"{deployment.name}.log")
+        data = self.cloud.load()
+        del data[old_id]
+        new_id = f"srv-{engine.proc.pid}"
+        data[new_id] = {**server, "pid": engine.proc.pid}
+        self.cloud.save(data)
+        record("server", new_id, port=server["port"])
+        self.colds += 1
+        return f"restarted fake server {old_id} as {new_id}"
 
 
 def _kill(pid: int) -> None:

@@ -73,6 +73,8 @@ class ContainerSpec:
     snapshot: bool
     definition_key: bytes  # equal keys: an unchanged redeploy keeps the running container
     files: dict[str, str] = field(default_factory=dict)  # mounted files: container path -> text
+    scaledown_window_s: float = 60.0  # autoscaler_settings.scaledown_window (Modal's default 60 s)
+    min_containers: int = 0  # autoscaler_settings.min_containers: kept up even when idle
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Container:
     state: str = "pending"  # pending | starting | running | failed | stopped
     engine: EngineProcess | None = None
     starts: int = 0
+    running_since: float | None = None  # time.monotonic() when it last became `running`
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _book: list[tuple[float, str]] = field(default_factory=list)  # (first seen, line)
@@ -170,6 +173,7 @@ class Container:
                 if self.spec.snapshot:
                     self._snapshot_lifecycle(command)
                 self.state = "running"
+                self.running_since = time.monotonic()
                 self._event("running")
                 while not self._stop.wait(0.2):
                     self.log_entries()

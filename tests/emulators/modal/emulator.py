@@ -7,6 +7,11 @@ of a front door (proxy.py) that routes to the engine once the container has star
 web endpoints do; a URL stays the same across redeploys of the app.
 
 `real_engine = True` makes containers run the real vLLM (tests marked `engine`).
+
+`scale_to_zero = True` turns on Modal's autoscaling of web functions with `min_containers` 0:
+a container idle for the function's `scaledown_window` (x `time_scale`) stops, the app then lists
+no running task, and the next request to the web URL starts a container and waits for it (a cold
+start). Off by default: most tests inspect the container a deploy started, and need it to stay.
 Faults on demand: `fail_next(rpc, status, message)` (e.g. a rejected deploy, or AppStop answering
 NOT_FOUND), `gpu_capacity = False` (containers stay queued: the app never becomes ready); AppStop
 on an unknown app is NOT_FOUND by itself.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,9 @@ class ModalEmulator:
         self.time_scale = time_scale
         self.gpu_capacity = True
         self.real_engine: bool | None = None  # containers run the real vLLM when True
+        self.scale_to_zero = False  # idle containers stop; requests start them again (see above)
+        self._scaler_stop = threading.Event()
+        self._scaler: threading.Thread | None = None
         self.port = free_port()
         self.containers: dict[tuple[str, str], Container] = {}
         self.retired: list[Container] = []
@@ -88,10 +97,15 @@ class ModalEmulator:
         started.wait(10)
         if errors:
             raise errors[0]
+        self._scaler = threading.Thread(target=self._scale_down_loop, name="modal-scaledown", daemon=True)
+        self._scaler.start()
         return self
 
     def stop(self) -> None:
         """Stop every container and the server; idempotent."""
+        self._scaler_stop.set()
+        if self._scaler is not None:
+            self._scaler.join(30)
         with self._lock:
             containers = list(self.containers.values()) + self.retired
             self.containers.clear()
@@ -194,8 +208,54 @@ class ModalEmulator:
                     container = self.container(app_id, tag)
                     return container.ready_url() if container else None
 
-                proxy = self.proxies[(app_id, tag)] = WebProxy(free_port(), upstream, hold_seconds=self.hold_seconds)
+                proxy = self.proxies[(app_id, tag)] = WebProxy(
+                    free_port(), upstream, hold_seconds=self.hold_seconds, demand=lambda: self._demand(app_id, tag))
         return proxy.url
+
+    # -- autoscaling (scale_to_zero) ------------------------------------------------------
+
+    def _demand(self, app_id: str, tag: str) -> bool:
+        """A request found no ready container: start one if the last one scaled down. True while
+        one is starting (the front door then holds the request)."""
+        if not self.scale_to_zero:
+            return False
+        with self._lock:
+            current = self.containers.get((app_id, tag))
+            if current is None:
+                return False
+            if current.state in ("pending", "starting"):
+                return current.state == "starting"
+            with self.control.lock:
+                app = self.control.apps.get(app_id)
+                deployed = app is not None and app.state == api_pb2.APP_STATE_DEPLOYED
+            if current.state != "stopped" or not deployed or not self.gpu_capacity:
+                return False
+            container = Container(current.spec, current.log_dir, time_scale=self.time_scale,
+                                  real_engine=self.real_engine)
+            self.containers[(app_id, tag)] = container
+            self.retired.append(current)
+        container._event("cold start: a request arrived with no container running")
+        container.start()
+        return True
+
+    def _scale_down_loop(self) -> None:
+        """Stop containers idle for their scaledown_window (x time_scale) above min_containers."""
+        while not self._scaler_stop.wait(0.05):
+            if not self.scale_to_zero:
+                continue
+            now = time.monotonic()
+            idle = []
+            with self._lock:
+                for key, container in self.containers.items():
+                    proxy = self.proxies.get(key)
+                    if container.state != "running" or container.spec.min_containers or proxy is None:
+                        continue
+                    since = max(proxy.idle_since, container.running_since or now)
+                    if proxy.active == 0 and now - since > container.spec.scaledown_window_s * self.time_scale:
+                        idle.append(container)
+            for container in idle:
+                container.stop()
+                container._event("scaled down: idle for the scale-down window")
 
     def _running_tasks(self, app_id: str) -> int:
         with self._lock:
@@ -238,8 +298,12 @@ class ModalEmulator:
             snapshot = fn.checkpointing_enabled and fn.experimental_options.get("enable_gpu_snapshot") == "True"
             with self.control.lock:
                 key = app.definition_keys[tag]
+            scaling = fn.autoscaler_settings
+            window = float(scaling.scaledown_window or fn.task_idle_timeout_secs or 60)
+            warm = scaling.min_containers or fn.warm_pool_size
             for endpoint in endpoints:
-                specs.append(ContainerSpec(app.app_id, endpoint, source, env, snapshot, key, files=files))
+                specs.append(ContainerSpec(app.app_id, endpoint, source, env, snapshot, key, files=files,
+                                           scaledown_window_s=window, min_containers=warm))
         return specs
 
     def _stop_app(self, app: AppRecord) -> None:

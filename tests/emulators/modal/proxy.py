@@ -3,7 +3,10 @@
 Like Modal's proxy, it routes a request only to a container whose start-up (including the
 snapshot lifecycle of a class) has finished; until then it holds the request, and answers 503
 when none becomes ready within `hold_seconds` (Modal queues for longer; the emulator's clock is
-faster). A stopped app's URL answers 404. Everything else is forwarded to the engine unchanged.
+faster). When no container runs, `demand()` may start one (a cold start, when the emulator scales
+to zero): the request is then held until it is ready, up to COLD_HOLD_S, as Modal holds requests
+during a cold start. A stopped app's URL answers 404. Everything else is forwarded to the engine
+unchanged. `active` and `idle_since` tell the emulator's scale-down when the function was last busy.
 """
 
 from __future__ import annotations
@@ -16,15 +19,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "upgrade"}
+COLD_HOLD_S = 120.0
 
 
 class WebProxy:
-    def __init__(self, port: int, upstream: Callable[[], str | None], *, hold_seconds: float = 3.0) -> None:
+    def __init__(self, port: int, upstream: Callable[[], str | None], *, hold_seconds: float = 3.0,
+                 demand: Callable[[], bool] | None = None) -> None:
         self.port = port
         self.upstream = upstream  # the ready container's engine base URL, or None
+        self.demand = demand  # start a container if none runs; True while one is starting
         self.hold_seconds = hold_seconds
         self.stopped = False
         self.requests = 0
+        self.active = 0  # requests being served now
+        self.idle_since = time.monotonic()
+        self._count = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,7 +51,17 @@ class WebProxy:
                 self.wfile.write(body)
 
             def _forward(self) -> None:
-                proxy.requests += 1
+                with proxy._count:
+                    proxy.requests += 1
+                    proxy.active += 1
+                try:
+                    self._serve()
+                finally:
+                    with proxy._count:
+                        proxy.active -= 1
+                        proxy.idle_since = time.monotonic()
+
+            def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 if proxy.stopped:
@@ -50,6 +69,8 @@ class WebProxy:
                 deadline = time.monotonic() + proxy.hold_seconds
                 base = proxy.upstream()
                 while base is None and time.monotonic() < deadline and not proxy.stopped:
+                    if proxy.demand is not None and proxy.demand():
+                        deadline = max(deadline, time.monotonic() + COLD_HOLD_S)
                     time.sleep(0.1)
                     base = proxy.upstream()
                 if base is None:
