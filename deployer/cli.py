@@ -359,6 +359,7 @@ def schema() -> None:
 
 
 def _register_optional_commands() -> None:
+    __import__("deployer.gateway.cli", fromlist=["register"]).register(app)
     try:
         from .costing.cli import register
     except ImportError:
