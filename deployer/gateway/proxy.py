@@ -85,6 +85,11 @@ class Gateway:
     def backend_changed(self, backend: Backend, old_provider: str | None) -> None:
         self.metrics.backend(backend.name, backend.provider, backend.limit, backend.healthy, old_provider)
 
+    def open(self) -> None:
+        """Make the backend client now rather than on the first request (it loads the TLS trust
+        store, tens of milliseconds). Idempotent."""
+        _ = self.client
+
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:

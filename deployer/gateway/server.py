@@ -109,6 +109,7 @@ def lifespan_for(prepared: Prepared) -> Callable[[Any], contextlib.AbstractAsync
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        gateway.open()
         monitor = HealthMonitor(prepared.config, prepared.settings, gateway.backends, gateway.backend_changed)
         tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(flush_forever())]
         try:

@@ -30,28 +30,44 @@ from deployer.vllm_command import serve_argv
 from tests.support.engine import REPO, EngineProcess, free_port, launch_vllm, tiny_model
 
 
-def stub_deployment(home: Path, name: str, log_dir: Path, *, concurrency: int = 32,
-                    env: dict[str, str] | None = None, real: bool = False) -> EngineProcess:
-    """Start an engine for a local deployment `name` and record it in the state at `home`."""
-    settings = Settings(home=home)
-    spec = validate_spec({
+def tiny_local_spec(name: str, *, concurrency: int = 32) -> Any:
+    return validate_spec({
         "name": name, "provider": "local",
         "model": {"id": str(tiny_model()), "served_name": "tiny", "max_model_len": 256, "dtype": "float32",
                   "engine_args": {"enforce-eager": True}},
         "scaling": {"concurrency": concurrency},
     })
+
+
+def stub_deployment(home: Path, name: str, log_dir: Path, *, concurrency: int = 32,
+                    env: dict[str, str] | None = None, port: int | None = None, engine_key: str | None = None) -> EngineProcess:
+    """Start a stub engine for a local deployment `name` and record it in the state at `home`.
+    `engine_key`: the key the engine requires, when it should differ from the recorded one."""
+    spec = tiny_local_spec(name, concurrency=concurrency)
+    key = keys.endpoint_key(spec, Settings(home=home), create=True)
+    engine = launch_vllm(serve_argv(spec, host="127.0.0.1", api_key=None), port=port,
+                         env={"VLLM_API_KEY": engine_key or key, **(env or {})}, log_path=log_dir / f"{name}.log")
+    record_deployment(home, name, f"{engine.base_url}/v1", pid=engine.proc.pid, concurrency=concurrency)
+    return engine
+
+
+def record_deployment(home: Path, name: str, url: str, *, pid: int = 0, concurrency: int = 32) -> str:
+    """Record a ready local deployment `name` at `url` as deploy does (generating its key if
+    needed); returns the key clients must send."""
+    settings = Settings(home=home)
+    spec = tiny_local_spec(name, concurrency=concurrency)
     key = keys.endpoint_key(spec, settings, create=True)
-    engine = launch_vllm(serve_argv(spec, host="127.0.0.1", api_key=None), env={"VLLM_API_KEY": key, **(env or {})},
-                         log_path=log_dir / f"{name}.log", real=real)
     store = StateStore(home)
     try:
         store.begin(name, "local", "stub", spec.model_dump(mode="json"), "creating")
-        store.record_resource(name, "local", "process", str(engine.proc.pid), port=engine.port)
-        store.set_status(name, "local", "ready", url=f"{engine.base_url}/v1",
+        if pid:
+            store.record_resource(name, "local", "process", str(pid))
+        store.set_status(name, "local", "ready", url=url,
                          key_source=f"the deployment's API key ({keys.key_path(settings, name)})")
     finally:
         store.close()
-    return engine
+    assert key is not None
+    return key
 
 
 def gateway_file(path: Path, name: str, routes: list[dict[str, Any]], *, port: int | None = None,
