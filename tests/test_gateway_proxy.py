@@ -23,8 +23,8 @@ from deployer.state import StateStore
 from deployer.vllm_command import serve_argv
 from tests.support.engine import EngineProcess, free_port, launch_vllm
 from tests.support.gateway import (
-    GatewayProcess, Streamed, gateway_file, record_deployment, start_gateway, stream_chat, stub_deployment,
-    tiny_local_spec,
+    GatewayProcess, Streamed, gateway_file, in_process, record_deployment, start_gateway, stream_chat,
+    stub_deployment, tiny_local_spec,
 )
 
 SLOW = {"STUB_ENGINE_TOKEN_S": "0.1"}
@@ -64,26 +64,6 @@ def fleet(home: Path, tmp_path: Path):
             gateway.stop()
         for engine in engines:
             engine.stop()
-
-
-def in_process(*args: str):
-    """`deployer ARGS` in this process (typer's runner): the gateway and cost commands, without
-    a Python start-up per call. Exit codes and output are the CLI's own."""
-    import typer
-    from typer.testing import CliRunner
-
-    from deployer.costing.cli import register as register_cost
-    from deployer.gateway.cli import register as register_gateway
-
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """deployer (gateway and cost)."""
-
-    register_gateway(app)
-    register_cost(app)
-    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 
 
 def deployment_key(home: Path, name: str) -> str:

@@ -195,3 +195,23 @@ def stream_chat(client: httpx.Client, url: str, key: str, *, model: str = "tiny"
     except httpx.HTTPError as exc:
         result.error = f"{exc.__class__.__name__}: {exc}"
     return result
+
+
+def in_process(*args: str, env: dict[str, str] | None = None) -> Any:
+    """`deployer ARGS` run in this process by typer's runner (the gateway and cost commands),
+    without a Python start-up per call; exit codes and output are the CLI's own."""
+    import typer
+    from typer.testing import CliRunner
+
+    from deployer.costing.cli import register as register_cost
+    from deployer.gateway.cli import register as register_gateway
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """deployer (gateway and cost)."""
+
+    register_gateway(app)
+    register_cost(app)
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
