@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         """Serve the gateway until Ctrl-C (or SIGTERM); in-flight requests get time to finish."""
         from deployer.settings import Settings
 
+        _require_serving_stack()
+
         from .server import key_location, prepare, serve
 
         settings = Settings()
@@ -52,6 +54,8 @@ def register(app: typer.Typer) -> None:
     def check(config: str = CONFIG, as_json: bool = JSON) -> None:
         """Check the file and resolve every backend from the state; serve nothing."""
         from deployer.settings import Settings
+
+        _require_serving_stack()
 
         from .server import key_location, prepare
 
@@ -84,6 +88,8 @@ def register(app: typer.Typer) -> None:
         """What the running gateway reports on /metrics, per backend, as a table."""
         from deployer.settings import Settings
 
+        _require_serving_stack()
+
         from .status import read_status
 
         doc = read_status(config, Settings())
@@ -107,6 +113,18 @@ def register(app: typer.Typer) -> None:
             out.print(f"  answers for {_escape(model)}: " + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())))
 
     app.add_typer(group, name="gateway")
+
+
+def _require_serving_stack() -> None:
+    """Raise DeployerError naming what is missing when the `gateway` extra is not installed."""
+    from importlib.util import find_spec
+
+    from deployer.errors import DeployerError
+
+    missing = [m for m in ("starlette", "uvicorn", "prometheus_client", "aiohttp") if find_spec(m) is None]
+    if missing:
+        raise DeployerError(f"deployer gateway needs {', '.join(missing)}, which is not installed",
+                            hint="pip install 'deployer[gateway]'")
 
 
 def _backend_dict(backend: Any, weight: float | None) -> dict[str, Any]:

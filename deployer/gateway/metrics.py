@@ -23,6 +23,14 @@ the backend failed after the first byte reached the client (never retried)."""
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+@dataclass(frozen=True)
+class AttemptMetrics:
+    requests: Any
+    latency: Any
+    first_byte: Any
+    in_flight: Any
+
+
 class GatewayMetrics:
     """Counters, histograms and gauges per backend. Methods never block."""
 
@@ -48,6 +56,25 @@ class GatewayMetrics:
                              ["backend", "provider"], registry=self.registry)
         self.responses = Counter(f"{PREFIX}_requests", "Answers the gateway gave its clients, by status code.",
                                  ["model", "code"], registry=self.registry)
+        self._children: dict[tuple[str, str, str], AttemptMetrics] = {}
+        self._answers: dict[tuple[str, int], Any] = {}
+
+    def of(self, model: str, backend: str, provider: str) -> AttemptMetrics:
+        """The series one attempt updates (looked up once per label set, then cached)."""
+        key = (model, backend, provider)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = AttemptMetrics(
+                self.requests.labels(*key), self.latency.labels(*key), self.first_byte.labels(*key),
+                self.in_flight.labels(backend, provider))
+        return found
+
+    def answered(self, model: str, status: int) -> None:
+        key = (model, status)
+        child = self._answers.get(key)
+        if child is None:
+            child = self._answers[key] = self.responses.labels(model, str(status))
+        child.inc()
 
     def backend(self, name: str, provider: str, limit: int, healthy: bool, old_provider: str | None = None) -> None:
         """Set a backend's gauges (and drop its series under a provider it left)."""

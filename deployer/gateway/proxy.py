@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -35,8 +34,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import policy
 from .backends import Backend
-from .metrics import CONTENT_TYPE, GatewayMetrics
+from .metrics import CONTENT_TYPE, AttemptMetrics, GatewayMetrics
 from .routes import GatewayConfig, Route
+from .upstream import Upstream, UpstreamError, UpstreamResponse
 from .usage import UsageLedger
 
 log = logging.getLogger("deployer.gateway")
@@ -67,7 +67,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.ledger = ledger
         self._key = client_key.encode()
-        self._client: httpx.AsyncClient | None = None
+        self.upstream = Upstream(connect_timeout=config.timeouts.connect, read_timeout=config.timeouts.first_byte)
         self.started = time.time()
         for backend in backends.values():
             self.backend_changed(backend, None)
@@ -85,25 +85,12 @@ class Gateway:
     def backend_changed(self, backend: Backend, old_provider: str | None) -> None:
         self.metrics.backend(backend.name, backend.provider, backend.limit, backend.healthy, old_provider)
 
-    def open(self) -> None:
-        """Make the backend client now rather than on the first request (it loads the TLS trust
-        store, tens of milliseconds). Idempotent."""
-        _ = self.client
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            t = self.config.timeouts
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=t.connect, read=t.first_byte, write=t.first_byte, pool=t.connect),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=512, keepalive_expiry=30),
-            )
-        return self._client
+    async def open(self) -> None:
+        """Open the backend connection pool (inside the running event loop). Idempotent."""
+        await self.upstream.open()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.upstream.close()
 
     # -- one request --------------------------------------------------------------------------
 
@@ -115,7 +102,7 @@ class Gateway:
         for backend in candidates:
             outcome = await self._attempt(backend, route.model, PROXIED[path], body)
             if isinstance(outcome, Response):
-                self.metrics.responses.labels(route.model, str(outcome.status_code)).inc()
+                self.metrics.answered(route.model, outcome.status_code)
                 return outcome
             failures.append(outcome)
         return self.error_after(route.model, failures, in_rotation)
@@ -123,74 +110,67 @@ class Gateway:
     async def _attempt(self, backend: Backend, model: str, suffix: str, body: dict[str, Any]) -> Response | Failure:
         endpoint = backend.endpoint
         labels = (model, backend.name, backend.provider)
+        series = self.metrics.of(*labels)
         backend.in_flight += 1
-        in_flight = self.metrics.in_flight.labels(backend.name, backend.provider)
-        in_flight.inc()
-        self.metrics.requests.labels(*labels).inc()
+        series.in_flight.inc()
+        series.requests.inc()
         start = time.perf_counter()
-        done = _Once(lambda error: self._finished(backend, labels, in_flight, start, error))
-        request = self.client.build_request(
-            "POST", f"{endpoint.url.rstrip('/')}/{suffix}",
-            content=json.dumps({**body, "model": endpoint.model}).encode(),
-            headers={**endpoint.headers, "Authorization": f"Bearer {endpoint.api_key}",
-                     "Content-Type": "application/json", "Accept-Encoding": "identity"},
-        )
-        response: httpx.Response | None = None
+        done = _Once(lambda error: self._finished(backend, series, start, error))
+        response: UpstreamResponse | None = None
         try:
-            response = await self.client.send(request, stream=True)
-            if response.status_code in RETRYABLE_STATUS:
-                text = (await response.aread())[:300].decode(errors="replace")
-                return self._failed(backend, labels, done, "status", f"answered {response.status_code}",
+            response = await self.upstream.post(
+                f"{endpoint.url.rstrip('/')}/{suffix}", json.dumps({**body, "model": endpoint.model}).encode(),
+                {**endpoint.headers, "Authorization": f"Bearer {endpoint.api_key}",
+                 "Content-Type": "application/json", "Accept-Encoding": "identity"})
+            if response.status in RETRYABLE_STATUS:
+                text = (await response.read(300)).decode(errors="replace")
+                return self._failed(backend, labels, done, "status", f"answered {response.status}",
                                     detail=_error_text(text))
-            chunks = response.aiter_raw()
-            try:
-                first = await chunks.__anext__()
-            except StopAsyncIteration:
-                first = b""
-        except httpx.TimeoutException as exc:
-            return self._failed(backend, labels, done, "timeout", _describe(exc))
-        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-            return self._failed(backend, labels, done, "connect", _describe(exc))
-        except httpx.HTTPError as exc:
-            return self._failed(backend, labels, done, "transport", _describe(exc))
+            first = await response.next_chunk()  # the answer is committed with its first byte, not before
+        except UpstreamError as exc:
+            return self._failed(backend, labels, done, exc.kind, str(exc))
         except BaseException:  # cancelled (the client went away) or a bug: release, then re-raise
-            if response is not None:
-                await response.aclose()
             done(True)
             raise
         finally:
-            if response is not None and not response.is_closed and done.called:
-                await response.aclose()
-        self.metrics.first_byte.labels(*labels).observe(time.perf_counter() - start)
+            if response is not None and done.called:
+                response.close()
+        series.first_byte.observe(time.perf_counter() - start)
         if backend.failures:
             backend.failures = 0
         headers = {name: response.headers[name] for name in PASSED_HEADERS if name in response.headers}
         headers[BACKEND_HEADER] = backend.name
+        length = headers.get("content-length")
+        if first is None or (length is not None and length.isdigit() and len(first) == int(length)):
+            # the whole answer arrived with its first byte (a non-streaming answer): send it as one
+            response.close()
+            done(False)
+            return Response(first or b"", status_code=response.status, headers=headers)
         sse = headers.get("content-type", "").startswith("text/event-stream")
-        return RelayResponse(self._relay(first, chunks, response, backend, labels, done, sse),
-                             status_code=response.status_code, headers=headers)
+        return RelayResponse(self._relay(first, response, backend, labels, done, sse),
+                             status_code=response.status, headers=headers)
 
-    async def _relay(self, first: bytes, chunks: AsyncIterator[bytes], response: httpx.Response, backend: Backend,
+    async def _relay(self, first: bytes | None, response: UpstreamResponse, backend: Backend,
                      labels: tuple[str, str, str], done: _Once, sse: bool) -> AsyncIterator[bytes]:
         """The committed answer, chunk by chunk as it arrives. Runs `done` exactly once (a
         client that goes away is not the backend's error)."""
         error = False
         try:
-            if first:
-                yield first
-            async for chunk in chunks:
+            chunk = first
+            while chunk is not None:
                 yield chunk
-        except httpx.HTTPError as exc:
+                chunk = await response.next_chunk()
+        except UpstreamError as exc:
             error = True
             self.metrics.errors.labels(*labels, "stream").inc()
-            log.warning("backend %s failed after the answer started (not retried): %s", backend.name, _describe(exc))
+            log.warning("backend %s failed after the answer started (not retried): %s", backend.name, exc)
             if not sse:
                 raise  # the server cuts the connection: the client sees an incomplete body
-            event = {"error": {"message": f"backend {backend.name} failed mid-stream: {_describe(exc)}",
+            event = {"error": {"message": f"backend {backend.name} failed mid-stream: {exc}",
                                "type": "backend_error", "param": None, "code": 502}}
             yield f"data: {json.dumps(event)}\n\n".encode()
         finally:
-            await response.aclose()
+            response.close()
             done(error)
 
     def _failed(self, backend: Backend, labels: tuple[str, str, str], done: _Once, kind: str, what: str,
@@ -212,12 +192,11 @@ class Gateway:
         log.info("backend %s %s; trying the next", backend.name, problem)
         return Failure(backend.name, kind, problem)
 
-    def _finished(self, backend: Backend, labels: tuple[str, str, str], in_flight: Any, start: float,
-                  error: bool) -> None:
+    def _finished(self, backend: Backend, series: AttemptMetrics, start: float, error: bool) -> None:
         seconds = time.perf_counter() - start
         backend.in_flight -= 1
-        in_flight.dec()
-        self.metrics.latency.labels(*labels).observe(seconds)
+        series.in_flight.dec()
+        series.latency.observe(seconds)
         if self.ledger is not None:
             self.ledger.add(backend.name, backend.provider, seconds, error=error)
 
@@ -234,7 +213,7 @@ class Gateway:
             status, code = 502, "backend_error"
         tried = "; ".join(f"{f.backend}: {f.detail}" for f in failures)
         prefix = "no backend is in rotation; tried anyway: " if not in_rotation else "every backend failed: "
-        self.metrics.responses.labels(model, str(status)).inc()
+        self.metrics.answered(model, status)
         return error_response(status, f"model {model!r}: {prefix}{tried}", "backend_error", code)
 
 
@@ -261,12 +240,6 @@ class RelayResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
-
-
-def _describe(exc: BaseException) -> str:
-    """An httpx error in a few words: its class, and its message (URLs only, never headers)."""
-    text = str(exc).strip()
-    return exc.__class__.__name__ + (f" ({text[:160]})" if text else "")
 
 
 def _error_text(body: str) -> str:
@@ -326,7 +299,7 @@ def build_app(gateway: Gateway, lifespan: Any = None) -> Starlette:
         route = gateway.config.route(model)
         if route is None:
             known = ", ".join(r.model for r in gateway.config.routes)
-            gateway.metrics.responses.labels("(unknown)", "404").inc()
+            gateway.metrics.answered("(unknown)", 404)
             return error_response(404, f"The model `{model}` does not exist on this gateway; it routes: {known}",
                                   "invalid_request_error", "model_not_found")
         return await gateway.forward(request.url.path, body, route)

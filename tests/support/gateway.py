@@ -183,15 +183,19 @@ def stream_chat(client: httpx.Client, url: str, key: str, *, model: str = "tiny"
             if response.status_code != 200:
                 result.error = response.read().decode(errors="replace")
                 return result
-            for line in response.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                payload = line[6:]
-                event = payload if payload == "[DONE]" else json.loads(payload)
-                result.events.append(event)
-                result.arrivals.append(time.monotonic())
-                if isinstance(event, dict) and "error" in event:
-                    result.error = json.dumps(event["error"])
+            buffer = b""
+            for data in response.iter_raw():  # SSE lines end in \n only (tokens may hold U+2028 and the like)
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.startswith(b"data: "):
+                        continue
+                    payload = line[6:].decode()
+                    event = payload if payload == "[DONE]" else json.loads(payload)
+                    result.events.append(event)
+                    result.arrivals.append(time.monotonic())
+                    if isinstance(event, dict) and "error" in event:
+                        result.error = json.dumps(event["error"])
     except httpx.HTTPError as exc:
         result.error = f"{exc.__class__.__name__}: {exc}"
     return result
