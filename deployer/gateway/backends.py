@@ -9,8 +9,7 @@ an update without an `await` between them is atomic.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -33,8 +32,7 @@ class Backend:
     in_flight: int = 0
     healthy: bool = True
     failures: int = 0  # consecutive failed requests
-    problem: str | None = None  # why it is out of rotation
-    changed_at: float = field(default_factory=time.time)
+    problem: str | None = None  # why it is out of rotation (shown in a debugger, logged by the callers)
 
     @property
     def model(self) -> str:
@@ -48,16 +46,12 @@ class Backend:
         """Take it out of rotation; True when that is a change (for logging once)."""
         changed = self.healthy
         self.healthy, self.problem = False, problem
-        if changed:
-            self.changed_at = time.time()
         return changed
 
     def mark_in(self) -> bool:
         """Put it back in rotation; True when that is a change."""
         changed = not self.healthy
         self.healthy, self.problem, self.failures = True, None, 0
-        if changed:
-            self.changed_at = time.time()
         return changed
 
 

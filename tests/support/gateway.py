@@ -145,6 +145,7 @@ class Streamed:
     """One streamed request as the client saw it."""
 
     status: int = 0
+    sent_at: float = 0.0  # monotonic time the request was sent
     backend: str | None = None
     events: list[Any] = field(default_factory=list)  # parsed `data:` payloads ("[DONE]" kept as text)
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each event
@@ -175,6 +176,7 @@ def stream_chat(client: httpx.Client, url: str, key: str, *, model: str = "tiny"
     result = Streamed()
     body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": max_tokens,
             "stream": True}
+    result.sent_at = time.monotonic()
     try:
         with client.stream("POST", f"{url}/chat/completions", json=body, timeout=timeout,
                            headers={"Authorization": f"Bearer {key}"}) as response:
