@@ -75,11 +75,12 @@ def test_two_real_vllm_deployments_behind_the_gateway(cli, home: Path, tmp_path:
             assert served.count("gw-primary") >= 2 and served.count("gw-standby") >= 1, served
 
             # kill the primary's engine mid-load: only streams that had started may fail
-            finished = threading.Semaphore(0)
+            finished, killed = threading.Semaphore(0), threading.Event()
 
-            def kill() -> None:
-                assert finished.acquire(timeout=120)
-                os.killpg(primary_pid, signal.SIGKILL)
+            def kill() -> None:  # once a stream on the primary is done, while others are on their way
+                if finished.acquire(timeout=120):
+                    os.killpg(primary_pid, signal.SIGKILL)
+                    killed.set()
 
             def load(i: int) -> Streamed:
                 time.sleep(i * 0.05)
@@ -93,6 +94,7 @@ def test_two_real_vllm_deployments_behind_the_gateway(cli, home: Path, tmp_path:
             with cf.ThreadPoolExecutor(6) as pool:
                 results = list(pool.map(load, range(12)))
             killer.join()
+            assert killed.is_set()
             failed = [r for r in results if not r.ok]
             assert all(r.started and r.backend == "gw-primary" for r in failed), \
                 [(r.backend, r.status, r.error) for r in failed]
