@@ -362,8 +362,9 @@ def _register_optional_commands() -> None:
     """Commands kept in their own packages; registering one imports only typer."""
     from .benchmark.cli import register as register_bench
     from .costing.cli import register as register_cost
+    from .gateway.cli import register as register_gateway
 
-    for register in (register_cost, register_bench):
+    for register in (register_cost, register_bench, register_gateway):
         register(app)
 
 

@@ -38,20 +38,32 @@ def endpoint_key(spec: Spec, settings: Settings, *, create: bool) -> str | None:
     Raises InputError when the spec names an environment variable that is not set.
     """
     if spec.auth.api_key_env:
-        value = os.environ.get(spec.auth.api_key_env)
-        if not value:
-            raise InputError(
-                f"auth.api_key_env names ${spec.auth.api_key_env}, which is not set",
-                hint=f"export {spec.auth.api_key_env}=... or remove auth.api_key_env to have a key generated",
-            )
-        if len(value) < MIN_KEY_LENGTH or value != value.strip():
-            raise InputError(
-                f"${spec.auth.api_key_env} is too weak to protect an endpoint (at least {MIN_KEY_LENGTH} "
-                "characters, no surrounding spaces)",
-                hint="use a long random key, or remove auth.api_key_env to have one generated",
-            )
-        return value
-    path = key_path(settings, spec.name)
+        return env_key(spec.auth.api_key_env)
+    return generated_key(key_path(settings, spec.name), create=create)
+
+
+def env_key(variable: str) -> str:
+    """The key in environment variable `variable`. Raises InputError when it is unset, shorter
+    than MIN_KEY_LENGTH or padded with spaces (an endpoint behind it would be as good as open)."""
+    value = os.environ.get(variable)
+    if not value:
+        raise InputError(
+            f"auth.api_key_env names ${variable}, which is not set",
+            hint=f"export {variable}=... or remove auth.api_key_env to have a key generated",
+        )
+    if len(value) < MIN_KEY_LENGTH or value != value.strip():
+        raise InputError(
+            f"${variable} is too weak to protect an endpoint (at least {MIN_KEY_LENGTH} "
+            "characters, no surrounding spaces)",
+            hint="use a long random key, or remove auth.api_key_env to have one generated",
+        )
+    return value
+
+
+def generated_key(path: Path, *, create: bool) -> str | None:
+    """The key kept in `path`; with `create`, a missing one is made: `dpk-` + 32 random bytes,
+    written 0600 under a 0700 directory. Idempotent and safe against a concurrent creator: the
+    first writer wins and every caller returns the same key. None when absent and not `create`."""
     if path.exists():
         return path.read_text().strip()
     if not create:
@@ -62,7 +74,7 @@ def endpoint_key(spec: Spec, settings: Settings, *, create: bool) -> str | None:
     with os.fdopen(fd, "w") as handle:
         handle.write("dpk-" + _secrets.token_urlsafe(32) + "\n")
     try:
-        os.link(tmp, path)  # first writer wins; a concurrent deploy reads the same key
+        os.link(tmp, path)  # first writer wins; a concurrent creator reads the same key
     except FileExistsError:
         pass
     finally:

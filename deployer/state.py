@@ -73,6 +73,16 @@ CREATE TABLE IF NOT EXISTS benchmarks (
     result_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS benchmarks_by_name ON benchmarks (name, provider, at);
+CREATE TABLE IF NOT EXISTS gateway_traffic (
+    gateway TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (gateway, deployment, provider, minute)
+);
 """
 _SUSPICIOUS_KEYS = ("key", "token", "secret", "password")
 
@@ -256,6 +266,32 @@ class StateStore:
         rows = self._db.execute(query + " ORDER BY at DESC, seq DESC", (name, provider) if provider else (name,))
         return [{**{k: r[k] for k in ("seq", "name", "provider", "spec_hash", "at")},
                  "result": json.loads(r["result_json"])} for r in rows]
+
+    # -- gateway traffic (deployer gateway) -------------------------------------------------
+    # What `deployer gateway` sent each backend, per minute: request and failure counts and the
+    # wall seconds from sending to the last byte. `deployer cost` prices it. No URL, no key.
+
+    def add_gateway_traffic(self, gateway: str, rows: list[tuple[str, str, int, int, int, float]]) -> None:
+        """Add (deployment, provider, minute, requests, errors, seconds) rows to the totals of
+        `gateway`; `minute` is the Unix time of the minute's start. One transaction."""
+        with self._tx():
+            self._db.executemany(
+                """INSERT INTO gateway_traffic VALUES (?,?,?,?,?,?,?)
+                   ON CONFLICT(gateway, deployment, provider, minute) DO UPDATE SET
+                     requests=requests+excluded.requests, errors=errors+excluded.errors,
+                     seconds=seconds+excluded.seconds""",
+                [(gateway, *row) for row in rows],
+            )
+
+    def gateway_traffic(self, *, since: float, deployment: str | None = None) -> list[dict[str, Any]]:
+        """Traffic totals per (gateway, deployment, provider) from minutes starting at or after
+        `since`, with the first and last minute seen."""
+        query = ("SELECT gateway, deployment, provider, SUM(requests) AS requests, SUM(errors) AS errors, "
+                 "SUM(seconds) AS seconds, MIN(minute) AS first_minute, MAX(minute) AS last_minute "
+                 "FROM gateway_traffic WHERE minute >= ?" + (" AND deployment = ?" if deployment else "")
+                 + " GROUP BY gateway, deployment, provider ORDER BY deployment, provider, gateway")
+        params: tuple[Any, ...] = (since, deployment) if deployment else (since,)
+        return [dict(r) for r in self._db.execute(query, params)]
 
 
 @contextmanager

@@ -62,6 +62,9 @@ def _model_at(model: type[BaseModel], path: Path_) -> type[BaseModel] | None:
     """The pydantic model that validates the mapping at `path`, when there is one."""
     current: Any = model
     for part in path:
+        if isinstance(part, int) and typing.get_origin(current) is list:  # an item of list[Model]
+            current = _unwrap(typing.get_args(current)[0])
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))
@@ -101,6 +104,12 @@ def describe_validation_error(
     if len(exc.errors()) > 8:
         out.append(f"... and {len(exc.errors()) - 8} more")
     return "\n".join(out)
+
+
+def locate(source: str, lines: dict[Path_, int], loc: Path_) -> str:
+    """`FILE:LINE: key.path`, for a problem found after validation (the line of `loc`, or of the
+    nearest enclosing key the YAML has)."""
+    return f"{_where(source, lines, loc)}: {_dotted(loc)}"
 
 
 def _where(source: str, lines: dict[Path_, int], loc: Path_) -> str:

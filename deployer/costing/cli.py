@@ -40,10 +40,13 @@ def register(app: typer.Typer) -> None:
                   tokens_per_request=tokens_per_request, hours_per_day=hours_per_day, pricing=pricing)
         from deployer.console import print_json, stdout_console
 
+        from . import observed
+        observed.attach(doc, config)  # the last hour through `deployer gateway`, when there was any
         if as_json:
             print_json(doc)
             return
         render(doc, stdout_console())
+        observed.render(doc, stdout_console())
 
 
 def validate_flags(requests_per_hour: float | None, seconds_per_request: float | None,
