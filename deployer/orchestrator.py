@@ -16,7 +16,7 @@ from typing import Any
 
 from . import keys, registry
 from .errors import DeployerError, NotReadyError
-from .provider import Artifacts, Deployment, Endpoint, Owned, Provider, Resource, StatusReport
+from .provider import Artifacts, Deployment, Endpoint, Provider, Resource, StatusReport
 from .settings import Settings
 from .spec import Spec
 from .state import StateStore, lock

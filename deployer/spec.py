@@ -11,9 +11,9 @@ import json
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from . import registry
 from .errors import InputError
@@ -21,6 +21,16 @@ from .gpus import GPUS
 from .yaml_errors import describe_validation_error, load_yaml_with_lines
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+
+
+def _check_name(value: str) -> str:
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a name: use 2-32 lowercase letters, digits and dashes, starting with a letter")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+"""A deployment's (or gateway's) name: it becomes part of cloud resource names (dplr-<name>)."""
 
 # Flags the spec sets through its own fields; repeating them in engine_args would let two
 # sources disagree about one setting.
@@ -145,7 +155,7 @@ def _provider_blocks() -> type[BaseModel]:
 
 def _spec_base() -> type[BaseModel]:
     class SpecBase(Strict):
-        name: str = Field(description="Deployment name: lowercase letters, digits and dashes, 2-32 chars.")
+        name: Name = Field(description="Deployment name: lowercase letters, digits and dashes, 2-32 chars.")
         provider: str = Field("local", description=f"Where to deploy: {', '.join(registry.names())}.")
         model: Model
         resources: Resources = Field(default_factory=Resources)
@@ -155,13 +165,6 @@ def _spec_base() -> type[BaseModel]:
         secrets: Secrets = Field(default_factory=Secrets)
         traffic: Traffic | None = Field(None, description="Expected traffic, for cost estimates.")
         providers: _provider_blocks() = Field(default_factory=_provider_blocks())  # type: ignore[valid-type]
-
-        @field_validator("name")
-        @classmethod
-        def _name(cls, value: str) -> str:
-            if not NAME_RE.fullmatch(value):
-                raise ValueError("use 2-32 lowercase letters, digits and dashes, starting with a letter")
-            return value
 
         @field_validator("provider")
         @classmethod

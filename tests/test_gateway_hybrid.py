@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import threading
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import yaml
 from tests.emulators.lambda_cloud.fixture import finish_testbed, start_testbed
 from tests.emulators.runpod.fixture import start_runpod  # noqa: F401 - fixture
 from tests.support.engine import REPO, free_port
-from tests.support.gateway import Streamed, in_process, start_gateway, stream_chat
+from tests.support.gateway import in_process, start_gateway, stream_chat, streams_at_once
 
 BASE, OVERFLOW = REPO / "configs" / "hybrid-lambda.yaml", REPO / "configs" / "hybrid-runpod.yaml"
 
@@ -50,14 +49,7 @@ def test_the_hybrid_recipe_lambda_baseline_runpod_overflow(cli, home: Path, tmp_
         models_calls = len(runpod.calls("data", "GET", r"/openai/v1/models$"))
         gw = start_gateway(config, home, tmp_path / "gateway.log")
         try:
-            barrier = threading.Barrier(7)
-
-            def one(_: int) -> Streamed:
-                barrier.wait()
-                return stream_chat(client, gw.url, gw.key, max_tokens=12)
-
-            with httpx.Client(limits=httpx.Limits(max_connections=16)) as client, cf.ThreadPoolExecutor(7) as pool:
-                results = list(pool.map(one, range(7)))
+            results = streams_at_once(gw.url, gw.key, 7, max_tokens=12)
             assert all(r.ok for r in results), [r.error for r in results if not r.ok]
             assert sorted(r.backend for r in results) == ["hybrid-base"] * 4 + ["hybrid-overflow"] * 3
             assert all(len([e for e in r.events if isinstance(e, dict) and e.get("choices")]) == 12 for r in results)

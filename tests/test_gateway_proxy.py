@@ -24,7 +24,7 @@ from deployer.vllm_command import serve_argv
 from tests.support.engine import EngineProcess, free_port, launch_vllm
 from tests.support.gateway import (
     GatewayProcess, Streamed, gateway_file, in_process, record_deployment, start_gateway, stream_chat,
-    stub_deployment, tiny_local_spec,
+    streams_at_once, stub_deployment, tiny_local_spec, wait_until,
 )
 
 SLOW = {"STUB_ENGINE_TOKEN_S": "0.1"}
@@ -76,15 +76,6 @@ def metric(text: str, name: str, **labels: str) -> float:
 
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_one_url_serves_every_route_streams_incrementally_and_requires_its_key(fleet, home: Path) -> None:
@@ -207,16 +198,10 @@ def test_overflow_spills_at_the_concurrency_limit_and_weights_split_traffic(flee
         {"model": "tiny", "policy": "primary-overflow", "backends": ["base", "over"]},
         {"model": "spread", "policy": "weighted", "backends": [{"deployment": "base", "weight": 3}, "over"]},
     ])
-    barrier = threading.Barrier(6)
-
-    def one(_: int) -> Streamed:
-        barrier.wait()
-        return stream_chat(client, gw.url, gw.key, max_tokens=8)
-
-    with httpx.Client(limits=httpx.Limits(max_connections=16)) as client, cf.ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(one, range(6)))
-        assert all(r.ok for r in results)
-        assert sorted(r.backend for r in results) == ["base", "base", "over", "over", "over", "over"]
+    results = streams_at_once(gw.url, gw.key, 6, max_tokens=8)
+    assert all(r.ok for r in results)
+    assert sorted(r.backend for r in results) == ["base", "base", "over", "over", "over", "over"]
+    with httpx.Client() as client:
         # the burst is over: base has room again and takes the next request
         assert stream_chat(client, gw.url, gw.key, max_tokens=1).backend == "base"
 

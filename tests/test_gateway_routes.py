@@ -73,11 +73,11 @@ BAD = [
     (GOOD.replace("model: spread", "model: tiny"), ":10: routes.1.model: model 'tiny' is routed twice (also routes.0)"),
     (GOOD.replace("- overflow\n", "- base\n"), ":9: routes.0.backends.1.deployment: 'base' is listed twice in this route"),
     (GOOD.replace("- overflow\n", "- Over_Flow\n"),
-     ":9: routes.0.backends.1.deployment: 'Over_Flow' is not a deployment name"),
+     ":9: routes.0.backends.1.deployment: 'Over_Flow' is not a name"),
     (GOOD.replace("routes:", "routs:"), ":3: routs: unknown key (did you mean 'routes'?)"),
     (GOOD + "      - {deployment: base, max_in_flight: 2}\n",
      ":15: routes.1.backends.2.max_in_flight: only policy primary-overflow uses max_in_flight"),
-    ("name: x\nroutes: []\n", ":1: name: use 2-32 lowercase letters"),
+    ("name: x\nroutes: []\n", ":1: name: 'x' is not a name: use 2-32 lowercase letters"),
     ("name: gw\nroutes:\n  - model: m\n    backends: []\n", ":4: routes.0.backends: List should have at least 1 item"),
     ("name: gw\nroutes:\n  - model: m\n    backends: [aa]\n  - model: n\n    policy: primary-overflow\n"
      "    backends: [{deployment: aa, probe: always}]\n  - model: o\n    backends: [{deployment: aa, probe: when-out}]\n",

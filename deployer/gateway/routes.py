@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InputError
-from ..spec import NAME_RE
+from ..spec import Name
 from ..yaml_errors import describe_validation_error, load_yaml_with_lines, locate
 
 POLICIES = ("primary-overflow", "failover", "weighted")
@@ -34,7 +34,7 @@ class Strict(BaseModel):
 
 
 class Backend(Strict):
-    deployment: str = Field(description="A deployment name as `deployer list` shows it.")
+    deployment: Name = Field(description="A deployment name as `deployer list` shows it.")
     weight: float | None = Field(None, gt=0, description="Share of requests (policy weighted only; default 1).")
     max_in_flight: int | None = Field(
         None, ge=1, le=100_000,
@@ -44,12 +44,6 @@ class Backend(Strict):
         None, description="always: probed every health.interval; when-out: probed only while out of rotation "
         "(default for deployments that scale to zero, whose probes would keep a worker billing).")
 
-    @field_validator("deployment")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a deployment name (2-32 lowercase letters, digits and dashes)")
-        return value
 
 
 class Route(Strict):
@@ -93,19 +87,12 @@ class Auth(Strict):
 
 
 class GatewayConfig(Strict):
-    name: str = Field(description="The gateway's name: 2-32 lowercase letters, digits and dashes.")
+    name: Name = Field(description="The gateway's name: 2-32 lowercase letters, digits and dashes.")
     listen: Listen = Field(default_factory=Listen)
     routes: list[Route] = Field(min_length=1)
     health: Health = Field(default_factory=Health)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     auth: Auth = Field(default_factory=Auth)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("use 2-32 lowercase letters, digits and dashes, starting with a letter")
-        return value
 
     def route(self, model: str) -> Route | None:
         return next((r for r in self.routes if r.model == model), None)

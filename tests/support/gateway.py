@@ -9,11 +9,13 @@ resolves it through `Orchestrator.target` like any deployment.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +203,29 @@ def stream_chat(client: httpx.Client, url: str, key: str, *, model: str = "tiny"
     except httpx.HTTPError as exc:
         result.error = f"{exc.__class__.__name__}: {exc}"
     return result
+
+
+def streams_at_once(url: str, key: str, count: int, *, max_tokens: int) -> list[Streamed]:
+    """`count` streaming chats released together (a barrier), each on its own connection."""
+    barrier = threading.Barrier(count)
+
+    def one(client: httpx.Client) -> Streamed:
+        barrier.wait()
+        return stream_chat(client, url, key, max_tokens=max_tokens)
+
+    with httpx.Client(limits=httpx.Limits(max_connections=count + 8)) as client, \
+            concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, [client] * count))
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    """Poll `predicate` every 50 ms until it holds or `timeout` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
 
 
 def in_process(*args: str, env: dict[str, str] | None = None) -> Any:
