@@ -24,8 +24,9 @@ from deployer.vllm_command import serve_argv
 from tests.support.engine import EngineProcess, free_port, launch_vllm
 from tests.support.gateway import (
     GatewayProcess, Streamed, gateway_file, in_process, record_deployment, start_gateway, stream_chat,
-    streams_at_once, stub_deployment, tiny_local_spec, wait_until,
+    streams_at_once, stub_deployment, tiny_local_spec,
 )
+from tests.support.polling import wait_until
 
 SLOW = {"STUB_ENGINE_TOKEN_S": "0.1"}
 

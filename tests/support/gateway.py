@@ -218,16 +218,6 @@ def streams_at_once(url: str, key: str, count: int, *, max_tokens: int) -> list[
         return list(pool.map(one, [client] * count))
 
 
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    """Poll `predicate` every 50 ms until it holds or `timeout` passes; its last answer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
 def in_process(*args: str, env: dict[str, str] | None = None) -> Any:
     """`deployer ARGS` run in this process by typer's runner (the gateway and cost commands),
     without a Python start-up per call; exit codes and output are the CLI's own."""

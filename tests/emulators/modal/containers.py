@@ -212,13 +212,3 @@ class Container:
                                          "VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode)")
                 self._event(f"{path.split('?')[0].strip('/')} ok")
         self._event("snapshot restored")
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:  # noqa: ANN001 - test helper
-    """Poll `predicate()` until true or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

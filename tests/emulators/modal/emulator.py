@@ -31,7 +31,9 @@ from modal_proto import api_pb2
 
 from tests.support.engine import free_port
 
-from .containers import Container, ContainerSpec, wait_for
+from tests.support.polling import wait_until
+
+from .containers import Container, ContainerSpec
 from .proxy import WebProxy
 from .servicer import AppRecord, ModalControlPlane
 
@@ -192,7 +194,7 @@ class ModalEmulator:
         return not deployed and not alive
 
     def wait_running(self, app_id: str, tag: str = "serve", timeout: float = 60) -> Container:
-        ok = wait_for(lambda: (c := self.container(app_id, tag)) is not None and c.state == "running", timeout)
+        ok = wait_until(lambda: (c := self.container(app_id, tag)) is not None and c.state == "running", timeout)
         container = self.container(app_id, tag)
         assert ok and container is not None, f"container {tag} not running: {container and container.events}"
         return container

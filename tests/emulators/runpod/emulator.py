@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.polling import wait_until
+
 from .catalog import default_catalog
 from .cluster import Cluster, Timing
 from .control import ControlPlane, problem
@@ -219,12 +221,7 @@ class RunPodEmulator:
         return out
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return bool(predicate())
+        return wait_until(predicate, timeout)
 
     def violation(self, what: str, call: Call, problems: list[str]) -> None:
         with self._record_lock:
