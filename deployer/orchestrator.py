@@ -226,10 +226,9 @@ class Orchestrator:
         key clients send, from local credentials (no provider call, no lock). During a provider
         switch the deployment recorded ready wins. Raises DeployerError when nothing is recorded,
         it has no URL yet, or the key is not at hand."""
-        rows = self.state.rows(name) if self.state_exists() else []
-        if not rows:
+        row = self.state.current(name) if self.state_exists() else None
+        if row is None:
             raise DeployerError(f"no deployment named {name!r}", hint="`deployer list` shows what exists")
-        row = next((r for r in rows if r["status"] == "ready"), rows[-1])
         deployment = self.state.deployment(row)
         if not row["url"] or deployment.spec is None:
             raise DeployerError(f"{name!r} on {row['provider']} has no endpoint yet (recorded {row['status']})",

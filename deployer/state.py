@@ -229,6 +229,12 @@ class StateStore:
             out.append(item)
         return out
 
+    def current(self, name: str) -> dict[str, Any] | None:
+        """The row of `name` that clients reach now: during a provider switch the one recorded
+        ready, else the newest; None when nothing is recorded."""
+        rows = self.rows(name)
+        return next((r for r in rows if r["status"] == "ready"), rows[-1]) if rows else None
+
     def deployment(self, row: dict[str, Any]) -> Deployment:
         """A row as the Deployment a provider receives (spec revalidated)."""
         from .spec import validate_spec

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         from deployer.console import print_json, stdout_console
 
         from . import observed
-        observed.attach(doc, config)  # the last hour through `deployer gateway`, when there was any
+
         if as_json:
             print_json(doc)
             return
@@ -67,10 +67,12 @@ def validate_flags(requests_per_hour: float | None, seconds_per_request: float |
 def run(config: str, *, requests_per_hour: float | None = None, seconds_per_request: float | None = None,
         tokens_per_request: int | None = None, hours_per_day: float | None = None,
         pricing: str | None = None, live: bool = True) -> dict[str, Any]:
-    """The cost report of the spec at `config` as plain data. Raises InputError for bad input."""
+    """The cost report of the spec at `config` as plain data, with the last hour of gateway
+    traffic (`observed`) when there was any. Raises InputError for bad input."""
     from deployer.settings import Settings
     from deployer.spec import load_spec
 
+    from . import observed
     from .report import cost_report, traffic_of
 
     validate_flags(requests_per_hour, seconds_per_request, tokens_per_request, hours_per_day)
@@ -80,7 +82,9 @@ def run(config: str, *, requests_per_hour: float | None = None, seconds_per_requ
     if pricing is None:
         configured = Settings().pricing
         pricing = str(configured) if configured else None
-    return cost_report(spec, pricing=pricing, live=live, traffic=traffic, traffic_source=source)
+    doc = cost_report(spec, pricing=pricing, live=live, traffic=traffic, traffic_source=source)
+    observed.attach(doc, spec)  # the last hour through `deployer gateway`, when there was any
+    return doc
 
 
 def render_plan_extras(extras: dict[str, Any], out: Any) -> None:

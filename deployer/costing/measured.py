@@ -24,9 +24,8 @@ def _spec_and_row(target: str, state: Any) -> tuple[Any, dict[str, Any] | None, 
     """(spec, the deployment's state row or None, where the spec came from)."""
     from deployer.spec import load_spec, validate_spec
 
-    rows = state.rows(target) if state is not None else []
-    if rows:
-        row = next((r for r in rows if r["status"] == "ready"), rows[-1])
+    row = state.current(target) if state is not None else None
+    if row is not None:
         return validate_spec(row["spec"], source=f"state of {target}"), row, "state"
     if Path(target).is_file():
         spec = load_spec(target)

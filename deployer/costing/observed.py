@@ -26,13 +26,11 @@ from .formulas import HOURS_PER_MONTH, Traffic
 WINDOW_S = 3600.0
 
 
-def attach(doc: dict[str, Any], config: str, *, now: float | None = None, window_s: float = WINDOW_S) -> None:
-    """Add `observed` to the cost document of the spec at `config` when the state holds gateway
-    traffic to its deployment from the last `window_s` seconds. Reads the state; never writes."""
+def attach(doc: dict[str, Any], spec: Any, *, now: float | None = None, window_s: float = WINDOW_S) -> None:
+    """Add `observed` to the cost document of `spec` when the state holds gateway traffic to its
+    deployment from the last `window_s` seconds. Reads the state; never writes."""
     from deployer.settings import Settings
-    from deployer.spec import load_spec
 
-    spec = load_spec(config)
     section = observed(spec, doc, Settings(), now=now, window_s=window_s)
     if section is not None:
         doc["observed"] = section

@@ -2,8 +2,8 @@
 """A local Modal control plane: the RPCs of modal_proto's ModalClient that deploy, look up, list,
 stop and log an app, with the lifecycles and errors Modal's client expects.
 
-Built from the modal 1.6.4 client (what it sends and how it reads answers), Modal's docs and
-/work/shared/providers/modal/NOTES.md. Every RPC checks the client's token metadata
+Built from the modal 1.6.4 client (what it sends and how it reads answers) and Modal's docs
+(modal.com/docs: deploy, lookup, stop, logs, memory snapshots). Every RPC checks the client's token metadata
 (UNAUTHENTICATED otherwise) and is recorded in `requests` for tests to assert on. RPCs outside
 this set answer UNIMPLEMENTED, so a client that starts using a new one fails loudly.
 

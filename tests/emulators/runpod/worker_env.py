@@ -1,7 +1,7 @@
 """How RunPod's vLLM worker (runpod/worker-v1-vllm v2.25.2) turns its container env into `vllm serve` args.
 
-Written from the worker's documented behaviour (its docs/configuration.md, summarised in
-shared/providers/runpod/NOTES.md), independently of deployer's own builder, so that a wrong env
+Written from the worker's documented behaviour (github.com/runpod-workers/worker-vllm,
+docs/configuration.md), independently of deployer's own builder, so that a wrong env
 var in the adapter becomes a wrong flag here and fails the engine:
 
 1. Generic scan: an env var whose name is the UPPER_SNAKE form of a `vllm serve` flag becomes
