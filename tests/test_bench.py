@@ -322,6 +322,7 @@ def test_cold_through_a_provider_that_restarts(tmp_path: Path, home: Path, tiny_
         assert any("making demo cold" in m for m in messages)
     finally:
         orch.destroy("demo")
+    assert fake.cloud.load() == {}, "the restarted server was destroyed too"
 
 
 def _write(tmp_path: Path, spec: Any) -> Path:
@@ -359,6 +360,7 @@ def test_cold_on_runpod_waits_for_zero_workers(cli, tmp_path: Path, start_runpod
     model = next(c for c in priced["assumed_report"]["capacity"]["cold_start"] if c["provider"] == "runpod")
     assert (model["low_s"], model["high_s"]) == (cold["predicted"]["low_s"], cold["predicted"]["high_s"])
     assert cli("destroy", "rp-cold").code == 0
+    assert emu.leftovers() == []
 
 
 def test_cold_is_refused_where_warm_workers_are_kept(runpod_emulator: RunPodEmulator) -> None:
@@ -388,3 +390,4 @@ def test_cold_on_modal_waits_for_no_container(cli, tmp_path: Path, tiny_model: P
     assert any("cold start" in e for e in container.events)  # the first request started a new container
     assert result.json()["requests"]["ok"] == 6
     assert cli("destroy", "md-cold").code == 0
+    assert modal_emulator.holds_nothing()

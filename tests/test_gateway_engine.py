@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.engine import REPO
+from tests.support.engine import REPO, pid_alive
 from tests.support.gateway import Streamed, gateway_file, start_gateway, stream_chat
 
 pytestmark = pytest.mark.engine
@@ -112,3 +112,11 @@ def test_two_real_vllm_deployments_behind_the_gateway(cli, home: Path, tmp_path:
     for where, text in [*logs.items(), *(("response", r) for r in responses)]:
         for key in keys:
             assert key not in text, f"a key leaked into {where}"
+
+    standby_pid = int(next(r["id"] for r in deployed[1].json()["resources"] if r["kind"] == "process"))
+    for name in NAMES:
+        destroyed = cli("destroy", name, "--json")
+        assert destroyed.code == 0 and destroyed.json()["destroyed"] == ["local"], destroyed
+    assert cli("list", "--json").json() == []
+    assert not pid_alive(primary_pid) and not pid_alive(standby_pid), "a vLLM server outlived its destroy"
+

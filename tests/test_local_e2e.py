@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests.support.bench_checks import plausible
-from tests.support.engine import REPO
+from tests.support.engine import REPO, pid_alive
 
 pytestmark = pytest.mark.engine
 LOCAL_TINY = str(REPO / "configs" / "local-tiny.yaml")
@@ -32,15 +32,6 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_deploy_chat_redeploy_kill_recover_destroy(cli, home: Path, tiny_model: Path,
