@@ -70,7 +70,10 @@ def test_the_hybrid_recipe_lambda_baseline_runpod_overflow(cli, home: Path, tmp_
             [("runpod", "runpod/scale-to-zero", 6, 0)]
         assert 0 < overflow[0]["busy_usd"] < overflow[0]["hour_usd"] and overflow[0]["estimate_hour_usd"] > 0
         base = json.loads(in_process("cost", str(BASE), "--json", env=env).stdout)["observed"]["providers"]
-        assert base[0]["provider"] == "lambda" and base[0]["requests"] >= 5 and base[0]["errors"] >= 1
+        # Whichever found the dead engine first, a probe round or the next request (which then counts as
+        # an error and fails over), the baseline answered its 4 and no client saw the failure
+        assert base[0]["provider"] == "lambda" and base[0]["errors"] in (0, 1)
+        assert base[0]["requests"] == 4 + base[0]["errors"]
         assert base[0]["hour_usd"] == base[0]["estimate_hour_usd"] > 1  # a VM's hour is its price, used or not
         table = in_process("cost", str(OVERFLOW), env=env)
         assert "observed through deployer gateway, last 60 min" in table.stdout and "runpod/scale-to-zero" in table.stdout
