@@ -1,7 +1,7 @@
 """The exceptions the CLI turns into messages and exit codes.
 
 Exit codes: 0 done, 1 the operation failed (`DeployerError`, `ProviderError`),
-2 bad input (`InputError`). Nothing else reaches the user as a traceback.
+2 bad input (`InputError`, `MissingCredentialsError`). Nothing else reaches the user as a traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ class InputError(DeployerError):
     """The user's input (spec file, flag, name) is wrong. Exit code 2."""
 
     exit_code = 2
+
+
+class MissingCredentialsError(InputError):
+    """No credentials are configured for `provider`: none set, or only empty ones (`blank` names
+    the variables set but empty). Exit code 2 like any bad input: the user's setup must change,
+    and no provider was called."""
+
+    def __init__(self, provider: str, what: str, *, blank: list[str], hint: str) -> None:
+        detail = f" ({' and '.join(blank)} set but empty)" if blank else ""
+        super().__init__(f"{provider}: no {what}{detail}", hint=hint)
+        self.provider = provider
 
 
 class ProviderError(DeployerError):

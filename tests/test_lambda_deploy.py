@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from deployer.client import wait_ready
-from deployer.errors import InputError, NotReadyError, ProviderError
+from deployer.errors import MissingCredentialsError, NotReadyError, ProviderError
 from deployer.provider import Deployment, Resource
 from deployer.spec import validate_spec
 from tests.emulators.lambda_cloud.fixture import ENDPOINT_KEY, lambda_cloud  # noqa: F401  (fixture)
@@ -273,5 +273,5 @@ def test_wrong_or_missing_api_key_is_reported_in_lambdas_terms(lambda_cloud, mon
     monkeypatch.delenv("LAMBDA_API_KEY")
     provider = bed.provider()
     assert not provider.has_credentials()
-    with pytest.raises(InputError, match="no Lambda Cloud API key"):
+    with pytest.raises(MissingCredentialsError, match="no Lambda Cloud API key"):
         provider.apply(bed.spec("nokey"), bed.secrets(), None, Recorded())

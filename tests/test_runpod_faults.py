@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployer.errors import NotReadyError, ProviderError
+from deployer.errors import MissingCredentialsError, NotReadyError, ProviderError
 from deployer.orchestrator import Orchestrator
 from deployer.provider import Deployment, Secrets
 from deployer.settings import Settings
@@ -124,7 +124,7 @@ def test_credential_errors_say_which_credential(start_runpod: object, monkeypatc
     assert "not allowed to POST /v2/serverless" in str(readonly.value) and readonly.value.status == 403
     assert "Serverless" in readonly.value.hint
     monkeypatch.delenv("RUNPOD_API_KEY")
-    with pytest.raises(ProviderError, match="no RunPod API key"):
+    with pytest.raises(MissingCredentialsError, match="no RunPod API key"):
         apply_only(tiny_spec(name="creds"))
     assert emu.leftovers() == []
 

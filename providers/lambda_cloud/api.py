@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from deployer.errors import InputError, ProviderError
+from deployer.errors import MissingCredentialsError, ProviderError
 from deployer.http import ApiClient, RateLimiter
 from deployer.settings import blank_variables
 
@@ -133,13 +133,12 @@ class Filesystem:
 
 class LambdaApi:
     """Blocking calls to one Lambda account. Raises ProviderError (Lambda's code and suggestion);
-    `InputError` at construction when no API key is configured."""
+    `MissingCredentialsError` at construction when no API key is configured."""
 
     def __init__(self, settings: LambdaSettings, *, transport: httpx.BaseTransport | None = None) -> None:
         if settings.api_key is None:
-            blank = blank_variables("LAMBDA_API_KEY", "DEPLOYER_LAMBDA_API_KEY")
-            raise InputError(
-                "no Lambda Cloud API key" + (f" ({' and '.join(blank)} set but empty)" if blank else ""),
+            raise MissingCredentialsError(
+                PROVIDER, "Lambda Cloud API key", blank=blank_variables("LAMBDA_API_KEY", "DEPLOYER_LAMBDA_API_KEY"),
                 hint="export LAMBDA_API_KEY=... or put `api_key = ...` in ~/.lambda_cloud/lambda_keys "
                 "(keys: https://cloud.lambda.ai/api-keys)",
             )

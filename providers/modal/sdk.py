@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from deployer.errors import InputError, ProviderError
+from deployer.errors import InputError, MissingCredentialsError, ProviderError
 
 from . import settings as modal_settings
 
@@ -60,13 +60,12 @@ def is_not_found(exc: BaseException) -> bool:
 
 @contextmanager
 def open_client() -> Iterator[Any]:
-    """A Modal client with the configured token; closed on exit. Raises ProviderError without one."""
+    """A Modal client with the configured token; closed on exit. Raises MissingCredentialsError without one."""
     modal = _modal()
     token = modal_settings.token()
     if token is None:
-        blank = modal_settings.blank_tokens()
-        raise ProviderError(PROVIDER, "no Modal credentials found" + (f" ({' and '.join(blank)} set but empty)" if blank else ""),
-                            hint=AUTH_HINT)
+        raise MissingCredentialsError(PROVIDER, "Modal credentials found", blank=modal_settings.blank_tokens(),
+                                      hint=AUTH_HINT)
     try:
         client = modal.Client.from_credentials(*token)
     except modal.exception.Error as exc:

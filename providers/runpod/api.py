@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from deployer.errors import ProviderError
+from deployer.errors import MissingCredentialsError, ProviderError
 from deployer.http import ApiClient, retry_after_seconds
 from deployer.settings import blank_variables
 
@@ -42,10 +42,9 @@ class RunPodError(ProviderError):
         self.problem = problem or {}
 
 
-def missing_key_error() -> ProviderError:
-    blank = blank_variables("RUNPOD_API_KEY", "DEPLOYER_RUNPOD_API_KEY")
-    return ProviderError(PROVIDER, "no RunPod API key found" + (f" ({' and '.join(blank)} set but empty)" if blank else ""),
-                         hint=KEY_HINT)
+def missing_key_error() -> MissingCredentialsError:
+    return MissingCredentialsError(PROVIDER, "RunPod API key found",
+                                   blank=blank_variables("RUNPOD_API_KEY", "DEPLOYER_RUNPOD_API_KEY"), hint=KEY_HINT)
 
 
 def problem_of(response: httpx.Response) -> dict[str, Any]:
