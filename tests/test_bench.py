@@ -97,6 +97,7 @@ class Troubled(ThreadingHTTPServer):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no delayed-ACK stall between headers and body
 
             def log_message(self, *args: object) -> None:
                 pass

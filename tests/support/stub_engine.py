@@ -147,6 +147,9 @@ def serve(opts: dict) -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out in separate writes: with Nagle on, a keep-alive client waits
+        # for a delayed ACK (~40 ms) before the body of every non-streaming answer
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt: str, *args: object) -> None:
             sys.stderr.write("stub-vllm: " + (fmt % args) + "\n")

@@ -297,6 +297,7 @@ def _fault_error(status: int) -> ApiError:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # no delayed-ACK stall between headers and body
     emulator: LambdaEmulator
 
     def log_message(self, fmt: str, *args: object) -> None:  # quiet

@@ -38,6 +38,7 @@ class WebProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no delayed-ACK stall between headers and body
 
             def log_message(self, fmt: str, *args: object) -> None:
                 pass

@@ -110,6 +110,7 @@ class Server:
 def _handler_class(plane: Plane, after: Callable[[Call, Reply, bytes], None]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # no delayed-ACK stall between headers and body
 
         def log_message(self, fmt: str, *args: object) -> None:  # quiet
             pass
