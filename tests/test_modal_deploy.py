@@ -7,6 +7,7 @@ test_modal_cli.py for the real engine.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def deploy(provider: Provider, spec: Any, recorded: Recorded, secrets: Secrets |
 
 
 def test_snapshot_deploy_chat_redeploy_destroy(provider: Provider, modal_emulator: ModalEmulator,
-                                               tiny_model: Path) -> None:
+                                               tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STUB_ENGINE_TOKEN_S", "0.05")  # the container's engine streams a token per 50 ms
     spec, recorded = tiny_spec(tiny_model), Recorded()
     endpoint = deploy(provider, spec, recorded, Secrets(api_key=KEY, hf_token="hf_test_token"))
 
@@ -82,6 +84,11 @@ def test_snapshot_deploy_chat_redeploy_destroy(provider: Provider, modal_emulato
     client = openai.OpenAI(base_url=endpoint.url, api_key=KEY)
     reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert reply.choices[0].message.content
+    # a stream arrives token by token through the web URL, as Modal relays it, not as one body at the end
+    arrivals = [time.monotonic() for chunk in client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True)
+        if chunk.choices and chunk.choices[0].delta.content]
+    assert len(arrivals) == 8 and arrivals[-1] - arrivals[0] >= 0.25, arrivals
 
     deployment = recorded.deployment(spec, endpoint.url)
     report = provider.status(deployment)

@@ -6,7 +6,8 @@ when none becomes ready within `hold_seconds` (Modal queues for longer; the emul
 faster). When no container runs, `demand()` may start one (a cold start, when the emulator scales
 to zero): the request is then held until it is ready, up to COLD_HOLD_S, as Modal holds requests
 during a cold start. A stopped app's URL answers 404. Everything else is forwarded to the engine
-unchanged. `active` and `idle_since` tell the emulator's scale-down when the function was last busy.
+unchanged, and its answer relayed as it arrives. `active` and `idle_since` tell the emulator's
+scale-down when the function was last busy.
 """
 
 from __future__ import annotations
@@ -77,12 +78,36 @@ class WebProxy:
                 if base is None:
                     return self._answer(503, b"modal-http: no container is ready to serve this request yet")
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                request = httpx.Request(self.command, base + self.path, headers=headers, content=body)
+                with httpx.Client(timeout=120) as client:
+                    try:
+                        answer = client.send(request, stream=True)
+                    except httpx.HTTPError as exc:
+                        return self._answer(502, f"modal-http: the container did not answer: {exc}".encode())
+                    try:
+                        self._relay(answer)
+                    finally:
+                        answer.close()
+
+            def _relay(self, answer: httpx.Response) -> None:
+                """The container's answer as it comes (Modal streams web responses: SSE arrives
+                event by event), chunked when the container sent no length. A container that
+                fails mid-answer cuts the connection."""
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in HOP_BY_HOP:
+                        self.send_header(key, value)
+                length = answer.headers.get("content-length")
+                self.send_header(*(("Content-Length", length) if length else ("Transfer-Encoding", "chunked")))
+                self.end_headers()
                 try:
-                    answer = httpx.request(self.command, base + self.path, headers=headers, content=body, timeout=120)
-                except httpx.HTTPError as exc:
-                    return self._answer(502, f"modal-http: the container did not answer: {exc}".encode())
-                out = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
-                self._answer(answer.status_code, answer.content, out)
+                    for chunk in filter(None, answer.iter_raw()):  # an empty chunk would end the body
+                        self.wfile.write(chunk if length else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                    if not length:
+                        self.wfile.write(b"0\r\n\r\n")
+                except httpx.HTTPError:
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward  # noqa: N815
 
