@@ -8,6 +8,7 @@ Only typer is imported at start-up; each command imports what it needs, so `--he
 from __future__ import annotations
 
 import functools
+import inspect
 import json as jsonlib
 import sys
 from collections.abc import Callable
@@ -368,8 +369,21 @@ def _register_optional_commands() -> None:
         register(app)
 
 
+def _reflow_help(group: typer.Typer) -> None:
+    """Let docstrings wrap in the source: typer keeps their single line breaks in `--help`, so
+    each paragraph of a command's docstring becomes one line that the terminal wraps."""
+    for info in group.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            paragraphs = inspect.cleandoc(info.callback.__doc__).split("\n\n")
+            info.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow_help(sub.typer_instance)
+
+
 def main() -> None:
     _register_optional_commands()
+    _reflow_help(app)
     app()
 
 

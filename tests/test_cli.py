@@ -21,6 +21,15 @@ def test_help_lists_every_command(cli) -> None:
         assert command in result.out
 
 
+def test_help_flows_docstring_paragraphs_as_the_terminal_wraps(cli) -> None:
+    wide = cli("cost", "--help", env={"COLUMNS": "220"})
+    assert wide.code == 0
+    lines = [line.strip() for line in wide.out.splitlines()]
+    assert "Cost per request and per month on every provider that can host the spec's GPUs." in lines
+    assert ("Also the break-even with always-on, and a recommendation. Prices: shipped (dated), live with a "
+            "provider key, or overridden by --pricing.") in lines
+
+
 def test_plan_json_is_one_document_with_the_artifacts(cli, home: Path) -> None:
     result = cli("plan", LOCAL_TINY, "--json")
     assert result.code == 0, result

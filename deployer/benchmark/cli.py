@@ -30,9 +30,11 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(DEFAULTS["timeout_s"], "--timeout", help="Seconds one request may take."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else."),
     ) -> None:
-        """Measure a live deployment through its OpenAI endpoint: TTFT, inter-token latency,
-        end-to-end latency (p50/p90/p99), tokens/s, requests/s and errors by kind; with --cold, a
-        cold start beside the predicted one. Results are stored for `deployer cost NAME --measured`."""
+        """Measure a live deployment through its OpenAI endpoint (latency, throughput, errors).
+
+        TTFT, inter-token latency, end-to-end latency (p50/p90/p99), tokens/s, requests/s and
+        errors by kind; with --cold, a cold start beside the predicted one. Results are stored
+        for `deployer cost NAME --measured`."""
         from deployer.benchmark.load import LoadSpec
 
         spec = LoadSpec(requests=requests, concurrency=concurrency, prompt_tokens=prompt_tokens,

@@ -27,9 +27,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else."),
         measured: bool = typer.Option(False, "--measured", help="Price with what `deployer bench` measured (seconds per request, cold start) beside the assumed figures; CONFIG may then be a deployment name."),
     ) -> None:
-        """Cost per request and per month on every provider that can host the spec's GPUs, the
-        break-even with always-on, and a recommendation. Prices: shipped (dated), live with a
-        provider key, or overridden by --pricing."""
+        """Cost per request and per month on every provider that can host the spec's GPUs.
+
+        Also the break-even with always-on, and a recommendation. Prices: shipped (dated), live
+        with a provider key, or overridden by --pricing."""
         if measured:
             from .measured import show
 
