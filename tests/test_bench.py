@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -176,7 +177,7 @@ def test_stream_timings_and_token_counts_against_the_stub(tmp_path: Path, tiny_m
         assert 0.02 <= r.ttft_s < r.e2e_s  # the stub sleeps 0.02 s before every token
         assert r.chunks == r.completion_tokens == 5 and len(r.gaps_s) == 4
         assert r.tpot_s == pytest.approx(sum(r.gaps_s) / 4, rel=0.01)
-        assert min(r.gaps_s) >= 0.015
+        assert statistics.median(r.gaps_s) >= 0.015  # not min: a client stalled by a busy CPU reads two at once
         assert r.prompt_tokens == 12  # the stub counts words: the prompt has exactly P of them
     summary = stats.summarize(results, planned=6, duration_s=run.duration_s)
     assert summary["tokens"]["output_total"] == 30 and summary["tokens"]["chunks_equal_usage"]
