@@ -17,12 +17,14 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.cli import CliResult
 from tests.support.engine import IN_PROCESS_ENGINE, REPO, tiny_model as _build_tiny_model
 from tests.support.guarded_site import path_guard
+from tests.support.matrix import SUMMARY_KEY
 
 GUARDED_SITE = Path(path_guard.__file__).parent
 # A pytest-xdist worker inherits the controller's environment: it keeps the controller's HOME and
@@ -82,6 +84,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.config.get_terminal_writer().line(
             "FAILED: files outside the repository were opened between tests:\n" + late, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_WORKER_SUMMARIES: list[tuple[str, str]] = []  # (title, text) sections workers handed over
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """A pytest-xdist worker is done: keep the summary section it handed over (SUMMARY_KEY)."""
+    section = getattr(node, "workeroutput", {}).get(SUMMARY_KEY)
+    if section:
+        _WORKER_SUMMARIES.append(tuple(section))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print what workers handed over (a worker's own summary is not shown)."""
+    for title, text in _WORKER_SUMMARIES:
+        terminalreporter.write_sep("=", title)
+        terminalreporter.write_line(text)
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,15 @@ from tests.emulators.lambda_cloud.server import WINDOW
 from tests.emulators.modal.fixtures import modal_emulator_fixture  # noqa: F401 - provides `modal_emulator`
 from tests.emulators.runpod.fixture import start_runpod, tiny_spec  # noqa: F401 - `start_runpod` is a fixture
 from tests.support.engine import tiny_model
-from tests.support.matrix import CellResult, Cli, Matrix, assert_clear_error, kill_when, spawn_deploy
+from tests.support.matrix import (
+    SUMMARY_KEY,
+    CellResult,
+    Cli,
+    Matrix,
+    assert_clear_error,
+    kill_when,
+    spawn_deploy,
+)
 
 NAME = "fm"
 PROVIDERS = ["runpod", "lambda", "modal", "local"]
@@ -64,20 +72,27 @@ SWITCH_FROM = {"runpod": "modal", "lambda": "runpod", "modal": "runpod", "local"
 HOLD = 5.0  # seconds an emulator holds an answer the killed deploy waits for
 OUTAGE = 40  # failures in a row: more than any client retries
 LAG = 0.5  # seconds a deleted resource stays (or a delete's answer takes)
+MATRIX_TITLE = "fault matrix (provider x fault: outcome, resources leaked)"
 
 
 # -- the matrix -------------------------------------------------------------------------------
 
 
 class _MatrixReport:
-    """Writes the table in pytest's terminal summary (registered by the `fault_matrix` fixture)."""
+    """Writes the table in pytest's terminal summary (registered by the `fault_matrix` fixture).
+    In a pytest-xdist worker, whose summary nobody sees, it hands the table to the controller
+    instead (`workeroutput`), which prints it (tests/conftest.py)."""
 
     def __init__(self, matrix: Matrix) -> None:
         self.matrix = matrix
 
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.matrix.results and hasattr(session.config, "workeroutput"):
+            session.config.workeroutput[SUMMARY_KEY] = (MATRIX_TITLE, self.matrix.table())
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.matrix.results:
-            terminalreporter.write_sep("=", "fault matrix (provider x fault: outcome, resources leaked)")
+            terminalreporter.write_sep("=", MATRIX_TITLE)
             terminalreporter.write_line(self.matrix.table())
 
 

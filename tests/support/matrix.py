@@ -23,6 +23,8 @@ from typing import Any
 from tests.support.cli import CliResult as Run
 from tests.support.engine import REPO
 
+SUMMARY_KEY = "summary_section"  # workeroutput key: a (title, text) a pytest-xdist worker hands to the controller
+
 # -- results ----------------------------------------------------------------------------------
 
 
