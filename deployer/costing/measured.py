@@ -47,7 +47,7 @@ def run(target: str, *, requests_per_hour: float | None = None, seconds_per_requ
 
     from . import capacity as capacity_mod
     from .catalog import load
-    from .cli import validate_flags
+    from .cli import pricing_file, validate_flags
     from .report import build, traffic_of
 
     if seconds_per_request is not None:
@@ -70,10 +70,7 @@ def run(target: str, *, requests_per_hour: float | None = None, seconds_per_requ
                          hint="pass --requests-per-hour R, or set traffic.requests_per_hour in the spec")
     measured_s = load_row["result"]["throughput"]["seconds_per_request"]
     measured_cold = cold_row["result"]["cold"]["measured_s"] if cold_row else None
-    if pricing is None and settings.pricing:
-        pricing = str(settings.pricing)
-
-    catalog = load(pricing, live=live)
+    catalog = load(pricing_file(pricing, settings), live=live)
     cap = capacity_mod.estimate(spec, catalog=catalog) if spec.resources.gpu else None
     assumed = build(spec, catalog, assumed_traffic, cap, traffic_source=traffic_source)
     measured = build(spec, catalog, dataclasses.replace(assumed_traffic, seconds_per_request=measured_s),
