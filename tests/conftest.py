@@ -70,7 +70,7 @@ def _stays_inside_the_repo() -> Iterator[None]:
     yield
     opened = OUTSIDE_OPENS.take()
     if opened:
-        pytest.fail("the suite must stand alone, but files outside the repository were opened:\n" + opened,
+        pytest.fail("the suite must stand alone, but paths outside the repository were opened or listed:\n" + opened,
                     pytrace=False)
 
 
@@ -82,7 +82,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             handle.write(late)
     elif late:
         session.config.get_terminal_writer().line(
-            "FAILED: files outside the repository were opened between tests:\n" + late, red=True)
+            "FAILED: paths outside the repository were opened or listed between tests:\n" + late, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

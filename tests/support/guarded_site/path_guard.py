@@ -3,11 +3,13 @@
 The suite must stand alone: a fresh clone with no sibling folders passes `make test`. So while
 tests run, every Python process (pytest itself, and through `sitecustomize` every subprocess: the
 CLI, emulated workers, VMs and Modal containers, the engines) carries an audit hook that notes
-each `open` of an existing path outside:
+each `open` of an existing path, and each listing of a directory, outside:
 
 - the repository (its `.venv` and `.cache` included) and the temp dir (test homes, `HOME`);
 - the Python installation (`sys.prefix` and friends);
-- the system's own trees (/proc, /sys, /dev, /etc, /usr, /lib, /run, ...).
+- the system's own trees (/proc, /sys, /dev, /etc, /usr, /lib, /run, ...);
+- the package sources pip is configured with (find-links folders, `file://` indexes), which
+  `pip wheel` reads as it would download from an index (the packaging tests build the wheel).
 
 Opening a path that does not exist reads nothing and is not noted. Notes go, one line each, to
 the file named by DEPLOYER_TEST_PATH_LOG; `tests/conftest.py` fails the test that caused them.
@@ -16,11 +18,13 @@ Standard library only: this runs at every interpreter start while the suite is r
 
 from __future__ import annotations
 
+import configparser
 import os
 import sys
 import tempfile
 
 LOG_ENV = "DEPLOYER_TEST_PATH_LOG"
+EVENTS = {"open": "opened", "os.listdir": "listed", "os.scandir": "listed"}  # audit event -> the note's verb
 SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/etc", "/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/run",
                 "/var/lib", "/var/cache", "/var/tmp", "/tmp")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -32,6 +36,19 @@ def allowed_roots() -> tuple[str, ...]:
              *SYSTEM_ROOTS}
     roots = {r for r in roots if r} | {os.path.realpath(r) for r in roots if r}
     return tuple(sorted(os.path.join(r, "") for r in roots))
+
+
+def package_sources() -> tuple[str, ...]:
+    """The local folders pip takes packages from, from its environment variables and its config
+    files (each ends with a separator). Read only when a path outside the other roots turns up."""
+    values = [os.environ.get(name, "") for name in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")]
+    config = configparser.ConfigParser()
+    config.read([path for path in (os.environ.get("PIP_CONFIG_FILE"), "/etc/pip.conf", "/etc/xdg/pip/pip.conf",
+                                   os.path.expanduser("~/.config/pip/pip.conf")) if path])
+    for section in config.sections():
+        values += [config.get(section, key, fallback="") for key in ("find-links", "index-url", "extra-index-url")]
+    folders = (item.removeprefix("file://") for value in values for item in value.split())
+    return tuple(os.path.join(folder, "") for folder in folders if folder.startswith("/"))
 
 
 def outside(path: str, roots: tuple[str, ...]) -> bool:
@@ -48,10 +65,12 @@ class _Guard:
 
     def __init__(self) -> None:
         self.roots = allowed_roots()
+        self.sources: tuple[str, ...] | None = None  # package_sources(), read on first need
         self.busy = False
 
     def __call__(self, event: str, args: tuple) -> None:
-        if event != "open" or self.busy:
+        verb = EVENTS.get(event)
+        if verb is None or self.busy:
             return
         path = args[0]
         if isinstance(path, bytes):
@@ -60,16 +79,21 @@ class _Guard:
             return  # a file descriptor: what it refers to was opened (and checked) before
         self.busy = True  # our own stat and write below raise events too
         try:
-            if outside(path, self.roots) and os.path.exists(path):
-                self.note(path)
+            if outside(path, self.roots) and os.path.exists(path) and self.not_a_package_source(path):
+                self.note(verb, path)
         finally:
             self.busy = False
 
-    def note(self, path: str) -> None:
+    def not_a_package_source(self, path: str) -> bool:
+        if self.sources is None:
+            self.sources = package_sources()
+        return not self.sources or outside(path, self.sources)
+
+    def note(self, verb: str, path: str) -> None:
         log_path = os.environ.get(LOG_ENV)
         if not log_path:
             return
-        line = f"{os.getpid()} {' '.join(sys.argv[:3])[:120]!r} opened {os.path.abspath(path)}\n"
+        line = f"{os.getpid()} {' '.join(sys.argv[:3])[:120]!r} {verb} {os.path.abspath(path)}\n"
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode(errors="replace"))
