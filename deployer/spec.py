@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from . import registry
 from .errors import InputError
 from .gpus import GPUS
-from .yaml_errors import describe_validation_error, load_yaml_with_lines
+from .yaml_errors import describe_validation_error, read_yaml_file
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 
@@ -224,13 +224,7 @@ def load_spec(path: str | Path, *, provider: str | None = None) -> Spec:
     Raises InputError (exit code 2) for a missing file, bad YAML or an invalid spec.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file", hint="pass the path of a spec, e.g. configs/local-tiny.yaml") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
-    data, lines = load_yaml_with_lines(text, str(path))
+    data, lines = read_yaml_file(path, missing_hint="pass the path of a spec, e.g. configs/local-tiny.yaml")
     if provider is not None:
         if not isinstance(data, dict):
             data = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typing
 from difflib import get_close_matches
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,6 +16,18 @@ from pydantic import BaseModel, ValidationError
 from .errors import InputError
 
 Path_ = tuple[Any, ...]
+
+
+def read_yaml_file(path: Path, *, missing_hint: str) -> tuple[Any, dict[Path_, int]]:
+    """Read and parse a YAML file; return the data and its key path -> line map. Raises
+    InputError for a missing file (with `missing_hint`), an unreadable one, or invalid YAML."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file", hint=missing_hint) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
+    return load_yaml_with_lines(text, str(path))
 
 
 def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Path_, int]]:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import InputError
 from ..spec import Name
-from ..yaml_errors import describe_validation_error, load_yaml_with_lines, locate
+from ..yaml_errors import describe_validation_error, locate, read_yaml_file
 
 POLICIES = ("primary-overflow", "failover", "weighted")
 Policy = Literal["primary-overflow", "failover", "weighted"]
@@ -113,14 +113,8 @@ def load_routes(path: str | Path) -> tuple[GatewayConfig, dict[tuple[Any, ...], 
     """Read and validate a gateway file; return it and its key-path -> line map (for messages
     about deployments found missing later). Reads no state. Raises InputError (exit code 2)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file", hint="pass the path of a gateway file (see README, "
-                         "`One URL over several deployments`)") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
-    data, lines = load_yaml_with_lines(text, str(path))
+    data, lines = read_yaml_file(path, missing_hint="pass the path of a gateway file (see README, "
+                                 "`One URL over several deployments`)")
     if not isinstance(data, dict):
         raise InputError(f"{path}: a gateway file is a mapping of keys (name, listen, routes, ...)")
     try:
