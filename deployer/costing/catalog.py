@@ -447,6 +447,13 @@ def _matches(sku: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
     return True
 
 
+def pricing_file(pricing: str | None, settings: Any) -> str | None:
+    """The price override file: --pricing, else $DEPLOYER_PRICING, else None (shipped and live)."""
+    if pricing is None and settings.pricing:
+        return str(settings.pricing)
+    return pricing
+
+
 def load(
     pricing: str | Path | None = None,
     *,

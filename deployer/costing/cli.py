@@ -65,13 +65,6 @@ def validate_flags(requests_per_hour: float | None, seconds_per_request: float |
         raise InputError(f"--hours-per-day must be in (0, 24], not {hours_per_day:g}")
 
 
-def pricing_file(pricing: str | None, settings: Any) -> str | None:
-    """The price override file: --pricing, else $DEPLOYER_PRICING, else None (shipped and live)."""
-    if pricing is None and settings.pricing:
-        return str(settings.pricing)
-    return pricing
-
-
 def run(config: str, *, requests_per_hour: float | None = None, seconds_per_request: float | None = None,
         tokens_per_request: int | None = None, hours_per_day: float | None = None,
         pricing: str | None = None, live: bool = True) -> dict[str, Any]:
@@ -80,17 +73,15 @@ def run(config: str, *, requests_per_hour: float | None = None, seconds_per_requ
     from deployer.settings import Settings
     from deployer.spec import load_spec
 
-    from . import observed
+    from .catalog import pricing_file
     from .report import cost_report, traffic_of
 
     validate_flags(requests_per_hour, seconds_per_request, tokens_per_request, hours_per_day)
     spec = load_spec(config)
     traffic, source = traffic_of(spec, requests_per_hour=requests_per_hour, seconds_per_request=seconds_per_request,
                                  tokens_per_request=tokens_per_request, hours_per_day=hours_per_day)
-    doc = cost_report(spec, pricing=pricing_file(pricing, Settings()), live=live, traffic=traffic,
-                      traffic_source=source)
-    observed.attach(doc, spec)  # the last hour through `deployer gateway`, when there was any
-    return doc
+    return cost_report(spec, pricing=pricing_file(pricing, Settings()), live=live, traffic=traffic,
+                       traffic_source=source, observed=True)
 
 
 def render_plan_extras(extras: dict[str, Any], out: Any) -> None:

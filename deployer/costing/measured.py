@@ -46,8 +46,8 @@ def run(target: str, *, requests_per_hour: float | None = None, seconds_per_requ
     from deployer.state import StateStore
 
     from . import capacity as capacity_mod
-    from .catalog import load
-    from .cli import pricing_file, validate_flags
+    from .catalog import load, pricing_file
+    from .cli import validate_flags
     from .report import build, traffic_of
 
     if seconds_per_request is not None:

@@ -22,21 +22,24 @@ from typing import Any
 
 from . import formulas
 from .formulas import HOURS_PER_MONTH, Traffic
+from .report import SCALE_TO_ZERO, VM, WARM, Option, price_option
 
 WINDOW_S = 3600.0
 
 
-def attach(doc: dict[str, Any], spec: Any, *, now: float | None = None, window_s: float = WINDOW_S) -> None:
-    """Add `observed` to the cost document of `spec` when the state holds gateway traffic to its
-    deployment from the last `window_s` seconds. Reads the state; never writes."""
+def attach(doc: dict[str, Any], spec: Any, options: list[Option], *, now: float | None = None,
+           window_s: float = WINDOW_S) -> None:
+    """Add `observed` to the cost document of `spec`, priced on `options` (the report's), when
+    the state holds gateway traffic to its deployment from the last `window_s` seconds. Reads
+    the state; never writes."""
     from deployer.settings import Settings
 
-    section = observed(spec, doc, Settings(), now=now, window_s=window_s)
+    section = observed(spec, doc, options, Settings(), now=now, window_s=window_s)
     if section is not None:
         doc["observed"] = section
 
 
-def observed(spec: Any, doc: dict[str, Any], settings: Any, *, now: float | None = None,
+def observed(spec: Any, doc: dict[str, Any], options: list[Option], settings: Any, *, now: float | None = None,
              window_s: float = WINDOW_S) -> dict[str, Any] | None:
     """The priced traffic of the last `window_s` seconds per provider, or None without any."""
     from deployer.state import StateStore
@@ -67,62 +70,51 @@ def observed(spec: Any, doc: dict[str, Any], settings: Any, *, now: float | None
         n = entry["requests"]
         entry["requests_per_hour"] = n / hours
         entry["seconds_per_request"] = entry["seconds"] / n if n else None
-        entry.update(_priced(spec, doc, entry, estimate))
+        entry.update(_priced(spec, doc, options, entry, estimate))
         providers.append(entry)
     return {"deployment": spec.name, "window_s": window_s, "since": since, "until": until, "providers": providers}
 
 
-def _priced(spec: Any, doc: dict[str, Any], entry: dict[str, Any], estimate: dict[str, Any] | None) -> dict[str, Any]:
+def _priced(spec: Any, doc: dict[str, Any], options: list[Option], entry: dict[str, Any],
+            estimate: dict[str, Any] | None) -> dict[str, Any]:
     """busy_usd, hour_usd, estimate_hour_usd and the option they are priced on (None: free or unpriced)."""
     out: dict[str, Any] = {"option": None, "busy_usd": None, "hour_usd": None, "estimate_hour_usd": None,
                            "estimate": None, "note": None}
-    option = _option(spec, doc, entry["provider"])
+    option = _option(spec, options, entry["provider"])
     if option is None:
         out["note"] = ("this machine: free" if entry["provider"] == "local" else
                        "no price: the spec has no resources.gpu" if not doc.get("gpu") else
                        f"no price for {entry['provider']} in the catalog")
         return out
-    rates = option["rate_usd_per_hour"]
-    busy_mode = "flex" if option["mode"] == "scale-to-zero" else "active" if option["mode"] == "warm" else next(iter(rates))
-    out["option"] = option["id"]
-    if option["mode"] != "vm":  # a VM bills its hours, not its requests
-        out["busy_usd"] = formulas.cost(entry["seconds"], rates[busy_mode])
+    out["option"] = option.id
+    if option.mode != VM:  # a VM bills its hours, not its requests
+        out["busy_usd"] = formulas.cost(entry["seconds"], option.offer.rate(option.busy_mode))
     if entry["requests"]:
         out["hour_usd"] = _hour(option, Traffic(entry["requests_per_hour"], entry["seconds_per_request"]))
     if estimate:
         out["estimate_hour_usd"] = _hour(option, Traffic(estimate["requests_per_hour"], estimate["seconds_per_request"]))
         out["estimate"] = {"requests_per_hour": estimate["requests_per_hour"],
                            "seconds_per_request": estimate["seconds_per_request"]}
-    if option["mode"] == "vm":
+    if option.mode == VM:
         out["note"] = "a VM bills every hour it exists, used or not"
     return out
 
 
-def _option(spec: Any, doc: dict[str, Any], provider: str) -> dict[str, Any] | None:
+def _option(spec: Any, options: list[Option], provider: str) -> Option | None:
     """The priced option matching how the deployment runs on `provider`: its VM (the cheapest
     type when several fit), or serverless scaled to zero / with the spec's warm replicas."""
-    options = [o for o in doc.get("options") or [] if o["provider"] == provider]
-    vms = sorted((o for o in options if o["mode"] == "vm"), key=lambda o: next(iter(o["rate_usd_per_hour"].values())))
+    mine = [o for o in options if o.offer.provider == provider]
+    vms = sorted((o for o in mine if o.mode == VM), key=lambda o: o.hourly)
     if vms:
         return vms[0]
     warm = spec.scaling.min_replicas
-    return next((o for o in options if (o["mode"] == "warm" and o["warm_replicas"] == warm)
-                 or (o["mode"] == "scale-to-zero" and not warm)), None)
+    return next((o for o in mine if (o.mode == WARM and o.warm_replicas == warm)
+                 or (o.mode == SCALE_TO_ZERO and not warm)), None)
 
 
-def _hour(option: dict[str, Any], traffic: Traffic) -> float:
+def _hour(option: Option, traffic: Traffic) -> float:
     """Dollars for one hour of `traffic` (all day long) on `option`, per the cost model."""
-    rates = option["rate_usd_per_hour"]
-    if option["mode"] == "vm":
-        bill = formulas.vm_month(traffic, rate=next(iter(rates.values())))
-    else:
-        cold = option["cold_start_s"]["used"] if option.get("cold_start_s") else 0.0
-        bill = formulas.serverless_month(
-            traffic, flex_rate=rates.get("flex", rates.get("active")), active_rate=rates.get("active", rates.get("flex")),
-            idle_window_s=option["idle_window_s"] or 0.0, cold_s=cold, increment_s=option["billing_increment_s"],
-            warm_replicas=option["warm_replicas"],
-        )
-    return bill.usd / HOURS_PER_MONTH
+    return price_option(option, traffic).usd / HOURS_PER_MONTH
 
 
 def render(doc: dict[str, Any], out: Any) -> None:

@@ -412,10 +412,12 @@ def build(spec: Any, catalog: Catalog, traffic: Traffic | None, capacity: Capaci
 
 
 def cost_report(spec: Any, *, pricing: str | None = None, live: bool = True, traffic: Traffic | None = None,
-                traffic_source: str = "", providers: list[str] | None = None, timeout: float = 10.0) -> dict[str, Any]:
-    """Load prices (shipped, live, override), size the model, build the report. Raises
-    InputError for a bad override file; never refuses a model that does not fit (`capacity`
-    says so)."""
+                traffic_source: str = "", providers: list[str] | None = None, timeout: float = 10.0,
+                observed: bool = False) -> dict[str, Any]:
+    """Load prices (shipped, live, override), size the model, build the report; with `observed`,
+    add the last hour of `deployer gateway` traffic to the spec's deployment, priced on the same
+    options, when the state has any (observed.py). Raises InputError for a bad override file;
+    never refuses a model that does not fit (`capacity` says so)."""
     from . import capacity as capacity_mod
     from .catalog import load
 
@@ -424,6 +426,10 @@ def cost_report(spec: Any, *, pricing: str | None = None, live: bool = True, tra
     doc = build(spec, catalog, traffic, cap, traffic_source=traffic_source, providers=providers)
     if cap is not None and cap.fits is False:
         doc["notes"].insert(0, f"capacity: {cap.summary()}: it does not fit; `deployer plan` refuses it")
+    if observed:
+        from . import observed as observed_mod
+
+        observed_mod.attach(doc, spec, options_for(spec, catalog, cap, providers) if spec.resources.gpu else [])
     return doc
 
 
@@ -435,9 +441,10 @@ def plan_summary(spec: Any, settings: Any) -> dict[str, Any] | None:
         return None
     if spec.resources.gpu is None or spec.provider == "local":
         return {"provider": spec.provider, "note": FREE}
+    from .catalog import pricing_file
+
     traffic, source = traffic_of(spec)
-    pricing = getattr(settings, "pricing", None)
-    doc = cost_report(spec, pricing=str(pricing) if pricing else None, traffic=traffic, traffic_source=source,
+    doc = cost_report(spec, pricing=pricing_file(None, settings), traffic=traffic, traffic_source=source,
                       providers=[spec.provider], timeout=5.0)
     options = [o for o in doc["options"] if o["spec_provider"]]
     return {
